@@ -1,0 +1,22 @@
+//! Generated wire types and gRPC client/server stubs for shippy.
+//!
+//! This crate holds no logic: the services parse these types into their own
+//! domain types at the edge. Packages are versioned (`shippy.<service>.v1`) so
+//! a breaking change can ship as `v2` beside the old one.
+#![allow(missing_docs, clippy::all)]
+
+/// The consignment service's messages and stubs.
+pub mod consignment {
+    /// Version 1 of `shippy.consignment`.
+    pub mod v1 {
+        tonic::include_proto!("shippy.consignment.v1");
+    }
+}
+
+/// The vessel service's messages and stubs.
+pub mod vessel {
+    /// Version 1 of `shippy.vessel`.
+    pub mod v1 {
+        tonic::include_proto!("shippy.vessel.v1");
+    }
+}

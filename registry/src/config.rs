@@ -1,0 +1,76 @@
+//! Command-line and environment settings shared by every shippy process that
+//! talks to the registry.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::record::{DEFAULT_PREFIX, KeySpace};
+
+/// Where the registry lives.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// etcd endpoints, comma-separated; give several members of a cluster so
+    /// that losing one does not matter.
+    #[arg(
+        long = "etcd-endpoints",
+        env = "SHIPPY_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        value_name = "URLS"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Key prefix under which services register as <PREFIX>/<service-name>/<instance-id>.
+    #[arg(
+        long = "registry-prefix",
+        env = "SHIPPY_REGISTRY_PREFIX",
+        default_value = DEFAULT_PREFIX,
+        value_name = "PREFIX"
+    )]
+    pub registry_prefix: String,
+}
+
+impl RegistryArgs {
+    /// The key layout under the configured prefix.
+    pub fn key_space(&self) -> KeySpace {
+        KeySpace::new(&self.registry_prefix)
+    }
+}
+
+/// How a serving instance keeps its registration and stops.
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleArgs {
+    /// Seconds the registration outlives the process if it dies without
+    /// deregistering; the lease is renewed every third of this.
+    #[arg(
+        long = "lease-ttl",
+        env = "SHIPPY_LEASE_TTL",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(2..=3600),
+        value_name = "SECONDS"
+    )]
+    pub lease_ttl_secs: u64,
+
+    /// Seconds in-flight calls may take to finish after a stop signal.
+    #[arg(
+        long = "shutdown-grace",
+        env = "SHIPPY_SHUTDOWN_GRACE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(0..=3600),
+        value_name = "SECONDS"
+    )]
+    pub shutdown_grace_secs: u64,
+}
+
+impl LifecycleArgs {
+    /// The lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+
+    /// The drain period after a stop signal.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}

@@ -1,0 +1,365 @@
+//! Finding a service's instances in etcd and balancing calls across them.
+//!
+//! [`Discovery::spawn`] reads the service's instances once, then follows a
+//! watch from that read's revision + 1, so no change is missed or seen twice.
+//! Each instance becomes an endpoint of a load-balanced tonic [`Channel`]: a
+//! call never reads etcd. When the watch breaks, it resumes from the last
+//! revision seen; when that revision has been compacted away, it reads again
+//! and applies the difference. While etcd is down the last known instances
+//! stay in use.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::record::{AdvertiseAddr, Instance, KeySpace, decode_instance, instance_key_from};
+
+/// How long a read of the instances may take before it counts as failed.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long dialing one instance may take; a dead instance must fail fast so
+/// the balancer moves on.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first and the longest pause between attempts while etcd is unreachable.
+const RETRY_INITIAL: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(3);
+/// How many endpoint changes may queue for the balancer.
+const CHANGE_BUFFER: usize = 64;
+
+/// The instances of one service known right now, by etcd key.
+pub type InstanceMap = BTreeMap<String, AdvertiseAddr>;
+
+/// A live view of one service's instances and a channel balanced across them.
+///
+/// Dropping it stops following etcd.
+#[derive(Debug)]
+pub struct Discovery {
+    /// The service name, for error messages.
+    service: String,
+    /// Balances calls over the current instances.
+    channel: Channel,
+    /// The instances the channel currently holds.
+    instances: watch::Receiver<Arc<InstanceMap>>,
+    /// The follower task, aborted on drop.
+    task: JoinHandle<()>,
+}
+
+impl Discovery {
+    /// Starts following `service`'s instances under `keys`.
+    ///
+    /// Returns at once; instances are added as soon as etcd answers.
+    pub fn spawn(client: Client, keys: &KeySpace, service: &str) -> Self {
+        let (channel, changes) = Channel::balance_channel(CHANGE_BUFFER);
+        let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
+        let follower = Follower {
+            client,
+            service: service.to_owned(),
+            prefix: keys.service_prefix(service),
+            changes,
+            known: InstanceMap::new(),
+            published,
+            etcd_failing: false,
+        };
+        Self {
+            service: service.to_owned(),
+            channel,
+            instances,
+            task: tokio::spawn(follower.run()),
+        }
+    }
+
+    /// The name of the service followed.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// A channel that balances calls over the current instances. Cheap to clone.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Whether any instance is known; a call made when none is would wait
+    /// for one until its deadline.
+    pub fn has_instances(&self) -> bool {
+        !self.instances.borrow().is_empty()
+    }
+
+    /// A receiver that sees the instance map every time it changes.
+    pub fn instances(&self) -> watch::Receiver<Arc<InstanceMap>> {
+        self.instances.clone()
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads every decodable instance of the service under `service_prefix`,
+/// with the store revision the read saw. Malformed records are skipped with a
+/// warning each.
+pub async fn read_instances(
+    client: &mut Client,
+    service_prefix: &str,
+) -> anyhow::Result<(Vec<Instance>, i64)> {
+    let request = client.get(service_prefix, Some(GetOptions::new().with_prefix()));
+    let response = tokio::time::timeout(READ_TIMEOUT, request)
+        .await
+        .map_err(|_| anyhow!("etcd did not answer within {READ_TIMEOUT:?}"))?
+        .with_context(|| format!("reading {service_prefix} from etcd"))?;
+    let revision = response.header().map_or(0, |header| header.revision());
+    let instances = response
+        .kvs()
+        .iter()
+        .filter_map(
+            |kv| match decode_instance(service_prefix, kv.key(), kv.value()) {
+                Ok(instance) => Some(instance),
+                Err(err) => {
+                    warn!(error = %err, "skipping malformed service record");
+                    None
+                }
+            },
+        )
+        .collect();
+    Ok((instances, revision))
+}
+
+/// How following the watch ended.
+enum WatchEnd {
+    /// The revision to resume from was compacted: read everything again.
+    Compacted,
+    /// The stream failed; resume after the last revision seen.
+    Broken {
+        error: anyhow::Error,
+        last_seen: i64,
+    },
+    /// The channel was dropped: nobody needs the instances any more.
+    Unused,
+}
+
+/// The background task that mirrors etcd into the balanced channel.
+struct Follower {
+    client: Client,
+    service: String,
+    /// `<prefix>/<service>/`, the keys followed.
+    prefix: String,
+    /// Feeds endpoint inserts and removals to the balanced channel.
+    changes: mpsc::Sender<Change<String, Endpoint>>,
+    /// What the channel holds now, to diff a fresh read against.
+    known: InstanceMap,
+    /// Publishes `known` after every change.
+    published: watch::Sender<Arc<InstanceMap>>,
+    /// Whether the last attempt failed, so an outage is logged once.
+    etcd_failing: bool,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut resume_after: Option<i64> = None;
+        loop {
+            let revision = match resume_after {
+                Some(revision) => revision,
+                None => match self.resync().await {
+                    Ok(Some(revision)) => revision,
+                    Ok(None) => return,
+                    Err(err) => {
+                        self.failed(&err);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                },
+            };
+            match self.follow(revision + 1).await {
+                WatchEnd::Unused => return,
+                WatchEnd::Compacted => {
+                    info!(service = %self.service, "watch history compacted; reading instances again");
+                    resume_after = None;
+                }
+                WatchEnd::Broken { error, last_seen } => {
+                    self.failed(&error);
+                    resume_after = Some(last_seen);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            backoff.reset();
+        }
+    }
+
+    /// Reads all instances and applies the difference to the channel.
+    /// Returns the read's revision, or `None` when the channel is gone.
+    async fn resync(&mut self) -> anyhow::Result<Option<i64>> {
+        let (instances, revision) = read_instances(&mut self.client, &self.prefix).await?;
+        self.recovered();
+        let fresh: InstanceMap = instances
+            .into_iter()
+            .map(|instance| (instance.key, instance.record.address))
+            .collect();
+        let gone: Vec<String> = self
+            .known
+            .keys()
+            .filter(|key| !fresh.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            if !self.remove(&key).await {
+                return Ok(None);
+            }
+        }
+        for (key, address) in fresh {
+            if !self.insert(key, address).await {
+                return Ok(None);
+            }
+        }
+        self.publish();
+        Ok(Some(revision))
+    }
+
+    /// Applies watch events from `start_revision` on until the stream ends.
+    async fn follow(&mut self, start_revision: i64) -> WatchEnd {
+        let mut last_seen = start_revision - 1;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision);
+        let mut stream = match self.client.watch(self.prefix.as_str(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                return WatchEnd::Broken {
+                    error: anyhow!(err).context("opening watch"),
+                    last_seen,
+                };
+            }
+        };
+        loop {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    return WatchEnd::Broken {
+                        error: anyhow!("watch stream closed by etcd"),
+                        last_seen,
+                    };
+                }
+                Err(err) => {
+                    return WatchEnd::Broken {
+                        error: anyhow!(err).context("watch stream"),
+                        last_seen,
+                    };
+                }
+            };
+            if response.compact_revision() > 0 {
+                return WatchEnd::Compacted;
+            }
+            if response.canceled() {
+                return WatchEnd::Broken {
+                    error: anyhow!("watch canceled by etcd: {}", response.cancel_reason()),
+                    last_seen,
+                };
+            }
+            if response.created() {
+                self.recovered();
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                last_seen = last_seen.max(kv.mod_revision());
+                let applied = match event.event_type() {
+                    EventType::Put => self.apply_put(kv.key(), kv.value()).await,
+                    EventType::Delete => match instance_key_from(&self.prefix, kv.key()) {
+                        Ok(key) => self.remove(&key).await,
+                        Err(_) => true,
+                    },
+                };
+                if !applied {
+                    return WatchEnd::Unused;
+                }
+            }
+            if !response.events().is_empty() {
+                self.publish();
+            }
+        }
+    }
+
+    /// Adds or updates the instance a put event describes. A malformed record
+    /// is skipped with a warning and, if its key was known, removed: its old
+    /// address can no longer be trusted.
+    async fn apply_put(&mut self, key: &[u8], value: &[u8]) -> bool {
+        match decode_instance(&self.prefix, key, value) {
+            Ok(instance) => self.insert(instance.key, instance.record.address).await,
+            Err(err) => {
+                warn!(error = %err, "skipping malformed service record");
+                match instance_key_from(&self.prefix, key) {
+                    Ok(key) => self.remove(&key).await,
+                    Err(_) => true,
+                }
+            }
+        }
+    }
+
+    /// Adds an instance to the channel unless it is already there unchanged.
+    /// Returns false when the channel is gone.
+    async fn insert(&mut self, key: String, address: AdvertiseAddr) -> bool {
+        if self.known.get(&key) == Some(&address) {
+            return true;
+        }
+        let endpoint = match Endpoint::from_shared(address.http_uri()) {
+            Ok(endpoint) => endpoint.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true),
+            Err(err) => {
+                warn!(%key, %address, error = %err, "skipping instance with an undialable address");
+                return true;
+            }
+        };
+        info!(service = %self.service, %key, %address, "instance added");
+        self.known.insert(key.clone(), address);
+        self.changes
+            .send(Change::Insert(key, endpoint))
+            .await
+            .is_ok()
+    }
+
+    /// Removes an instance from the channel if it is there.
+    /// Returns false when the channel is gone.
+    async fn remove(&mut self, key: &str) -> bool {
+        if self.known.remove(key).is_none() {
+            return true;
+        }
+        info!(service = %self.service, %key, "instance removed");
+        self.changes
+            .send(Change::Remove(key.to_owned()))
+            .await
+            .is_ok()
+    }
+
+    fn publish(&self) {
+        self.published.send_replace(Arc::new(self.known.clone()));
+    }
+
+    fn failed(&mut self, err: &anyhow::Error) {
+        if self.etcd_failing {
+            debug!(service = %self.service, error = format!("{err:#}"), "etcd still unreachable");
+        } else {
+            warn!(
+                service = %self.service,
+                error = format!("{err:#}"),
+                instances = self.known.len(),
+                "etcd unreachable; keeping the last known instances"
+            );
+            self.etcd_failing = true;
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.etcd_failing {
+            info!(service = %self.service, "etcd reachable again");
+            self.etcd_failing = false;
+        }
+    }
+}

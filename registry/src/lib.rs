@@ -1,0 +1,27 @@
+//! Service registration and discovery over etcd for the shippy services.
+//!
+//! - [`record`]: the key layout and the JSON record stored per instance.
+//! - [`registration`]: keeps an instance's record on a renewed lease and
+//!   removes it on stop.
+//! - [`discovery`]: follows a service's instances and balances calls across
+//!   them through one tonic channel.
+//! - [`server`]: the bind → serve → register → deregister → drain lifecycle
+//!   both services share.
+//! - [`config`]: the clap settings for all of the above.
+//! - [`shutdown`]: the SIGINT/SIGTERM future.
+//! - [`etcd`]: opening the shared etcd client.
+
+mod backoff;
+pub mod config;
+pub mod discovery;
+pub mod etcd;
+pub mod record;
+pub mod registration;
+pub mod server;
+pub mod shutdown;
+
+pub use config::{LifecycleArgs, RegistryArgs};
+pub use discovery::Discovery;
+pub use record::{AdvertiseAddr, KeySpace, ServiceRecord};
+pub use registration::{Registration, RegistrationState};
+pub use server::RegisteredServer;

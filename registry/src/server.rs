@@ -1,0 +1,200 @@
+//! The life of a registered gRPC server: bind, serve, register, and on a stop
+//! signal deregister, stop accepting and drain.
+//!
+//! Both services run through [`RegisteredServer`], so they start and stop the
+//! same way. The stop order matters: the registration goes first, so callers
+//! stop picking this instance before it stops accepting; then in-flight calls
+//! get a grace period to finish.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::Context;
+use etcd_client::Client;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::config::{LifecycleArgs, RegistryArgs};
+use crate::record::{AdvertiseAddr, ServiceRecord};
+use crate::registration::{Registration, RegistrationState};
+
+/// A bound, not yet serving, gRPC server that will register itself.
+pub struct RegisteredServer {
+    /// Bound before serving so callers can bind port 0 and learn the port.
+    listener: TcpListener,
+    /// The etcd key and record to keep while serving.
+    key: String,
+    record: ServiceRecord,
+    /// Shared with the rest of the process (discovery uses it too).
+    etcd: Client,
+    lifecycle: LifecycleArgs,
+    /// Sees registration state changes from the moment serving starts.
+    state_tx: watch::Sender<RegistrationState>,
+}
+
+impl RegisteredServer {
+    /// Binds `listen` and prepares the registration of `service_name`.
+    ///
+    /// Without an explicit `advertise` address, the bound address is
+    /// advertised, with an unspecified IP replaced by loopback: that is right
+    /// for a single host, and a container or cluster sets `advertise`.
+    pub async fn bind(
+        service_name: &str,
+        listen: SocketAddr,
+        advertise: Option<AdvertiseAddr>,
+        etcd: Client,
+        registry: &RegistryArgs,
+        lifecycle: &LifecycleArgs,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let bound = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let address = match advertise {
+            Some(address) => address,
+            None => default_advertise(bound)?,
+        };
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let record = ServiceRecord {
+            name: service_name.to_owned(),
+            id: id.clone(),
+            address,
+            metadata: [
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                ("protocol".to_owned(), "grpc".to_owned()),
+            ]
+            .into(),
+        };
+        let (state_tx, _) = watch::channel(RegistrationState::Registering);
+        Ok(Self {
+            listener,
+            key: registry.key_space().instance_key(service_name, &id),
+            record,
+            etcd,
+            lifecycle: lifecycle.clone(),
+            state_tx,
+        })
+    }
+
+    /// The address actually bound (useful after binding port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("cannot read the bound address")
+    }
+
+    /// The etcd key this instance registers under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The record this instance registers.
+    pub fn record(&self) -> &ServiceRecord {
+        &self.record
+    }
+
+    /// A receiver that follows the registration state once serving starts.
+    pub fn registration_state(&self) -> watch::Receiver<RegistrationState> {
+        self.state_tx.subscribe()
+    }
+
+    /// Serves `routes` and keeps the registration until `shutdown` resolves,
+    /// then deregisters, stops accepting, and waits up to the grace period
+    /// for in-flight calls.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let (stop_accepting, stopped) = oneshot::channel::<()>();
+        let incoming = TcpListenerStream::new(self.listener);
+        let mut server = tokio::spawn(
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async {
+                    // A dropped sender also means stop.
+                    let _ = stopped.await;
+                }),
+        );
+        info!(
+            service = %self.record.name,
+            address = %self.record.address,
+            key = %self.key,
+            "serving"
+        );
+        let registration = Registration::spawn_reporting(
+            self.etcd,
+            self.key,
+            &self.record,
+            self.lifecycle.lease_ttl(),
+            self.state_tx,
+        );
+
+        let served = tokio::select! {
+            () = shutdown => None,
+            joined = &mut server => Some(joined),
+        };
+        if let Some(joined) = served {
+            registration.deregister().await;
+            return joined
+                .context("server task failed")?
+                .context("gRPC server stopped");
+        }
+
+        info!("stopping: deregistering, then draining in-flight calls");
+        registration.deregister().await;
+        let _ = stop_accepting.send(());
+        let grace = self.lifecycle.shutdown_grace();
+        let result = match tokio::time::timeout(grace, &mut server).await {
+            Ok(joined) => joined
+                .context("server task failed")?
+                .context("gRPC server stopped"),
+            Err(_) => {
+                warn!(
+                    grace_secs = grace.as_secs(),
+                    "in-flight calls did not finish within the grace period; stopping anyway"
+                );
+                server.abort();
+                Ok(())
+            }
+        };
+        info!("stopped");
+        result
+    }
+}
+
+/// The address to advertise when none is configured: the bound one, with an
+/// unspecified IP (0.0.0.0 or ::) replaced by loopback.
+fn default_advertise(bound: SocketAddr) -> anyhow::Result<AdvertiseAddr> {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    AdvertiseAddr::new(&ip.to_string(), bound.port())
+        .with_context(|| format!("cannot advertise {bound}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_advertise_address_is_never_unspecified() {
+        let cases = [
+            ("0.0.0.0:50052", "127.0.0.1:50052"),
+            ("[::]:7", "[::1]:7"),
+            ("10.0.0.5:1", "10.0.0.5:1"),
+        ];
+        for (bound, expected) in cases {
+            let advertised = default_advertise(bound.parse().unwrap()).unwrap();
+            assert_eq!(advertised.to_string(), expected);
+        }
+    }
+}
