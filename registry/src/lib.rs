@@ -10,6 +10,7 @@
 //! - [`config`]: the clap settings for all of the above.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 //! - [`etcd`]: opening the shared etcd client.
+//! - [`telemetry`]: log output for the binaries.
 
 mod backoff;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod record;
 pub mod registration;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 
 pub use config::{LifecycleArgs, RegistryArgs};
 pub use discovery::Discovery;

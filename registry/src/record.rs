@@ -299,7 +299,8 @@ mod tests {
 
     #[test]
     fn the_json_layout_is_stable() {
-        let json: serde_json::Value = serde_json::from_str(&record("vessel:50052").to_json()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&record("vessel:50052").to_json()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
@@ -323,7 +324,10 @@ mod tests {
     fn damaged_records_are_rejected_with_the_key_named() {
         let cases: [(&[u8], &[u8]); 5] = [
             (b"/p/s/i", b"not json"),
-            (b"/p/s/i", br#"{"name":"s","id":"i","address":"0.0.0.0:80"}"#),
+            (
+                b"/p/s/i",
+                br#"{"name":"s","id":"i","address":"0.0.0.0:80"}"#,
+            ),
             (b"/p/s/i", br#"{"name":"s","id":"i","address":"nohost"}"#),
             (b"/p/s/i", br#"{"name":"s","id":"i","address":"h:0"}"#),
             (b"/p/s/i", br#"{"name":"s","address":"h:1"}"#),
@@ -347,14 +351,34 @@ mod tests {
 
     #[test]
     fn advertise_addresses_must_be_dialable() {
-        assert_eq!("127.0.0.1:50052".parse::<AdvertiseAddr>().unwrap().port(), 50052);
-        assert_eq!("[::1]:50052".parse::<AdvertiseAddr>().unwrap().host(), "::1");
         assert_eq!(
-            "vessel-service:50052".parse::<AdvertiseAddr>().unwrap().http_uri(),
+            "127.0.0.1:50052".parse::<AdvertiseAddr>().unwrap().port(),
+            50052
+        );
+        assert_eq!(
+            "[::1]:50052".parse::<AdvertiseAddr>().unwrap().host(),
+            "::1"
+        );
+        assert_eq!(
+            "vessel-service:50052"
+                .parse::<AdvertiseAddr>()
+                .unwrap()
+                .http_uri(),
             "http://vessel-service:50052"
         );
-        for bad in ["0.0.0.0:1", "[::]:1", "host", "host:99999", ":80", "::1:80", "a b:1"] {
-            assert!(bad.parse::<AdvertiseAddr>().is_err(), "{bad} should be rejected");
+        for bad in [
+            "0.0.0.0:1",
+            "[::]:1",
+            "host",
+            "host:99999",
+            ":80",
+            "::1:80",
+            "a b:1",
+        ] {
+            assert!(
+                bad.parse::<AdvertiseAddr>().is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

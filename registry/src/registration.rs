@@ -199,9 +199,12 @@ impl Keeper {
             .await
             .context("granting a lease")?;
         let options = PutOptions::new().with_lease(grant.id());
-        within(self.client.put(self.key.as_str(), self.value.as_str(), Some(options)))
-            .await
-            .context("putting the service record")?;
+        within(
+            self.client
+                .put(self.key.as_str(), self.value.as_str(), Some(options)),
+        )
+        .await
+        .context("putting the service record")?;
         Ok((grant.id(), grant.ttl()))
     }
 
