@@ -1,0 +1,63 @@
+//! Everything CreateConsignment and GetConsignments can fail with, and the
+//! gRPC status each maps to. This is the one place that decides statuses.
+
+use tracing::error;
+
+/// Why a consignment call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsignmentError {
+    /// The request is malformed; names the field.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The offending field, e.g. `weight` or `containers[1].customer_id`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A consignment with this id is already stored.
+    #[error("consignment {0:?} already exists")]
+    AlreadyExists(String),
+    /// vessel-service answered that no vessel fits.
+    #[error("{0}")]
+    NoVesselFits(String),
+    /// vessel-service has no instance, or none answered.
+    #[error("{service} is unavailable: {detail}")]
+    VesselUnavailable {
+        /// The service name looked up in etcd.
+        service: String,
+        /// What went wrong, for a person.
+        detail: String,
+    },
+    /// The caller's deadline passed while waiting for vessel-service.
+    #[error("deadline exceeded while asking {0} for a vessel")]
+    DeadlineExceeded(String),
+    /// A fault on our side; details go to the log, not the caller.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ConsignmentError {
+    /// An invalid-argument error for `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ConsignmentError> for tonic::Status {
+    fn from(err: ConsignmentError) -> Self {
+        match &err {
+            ConsignmentError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
+            ConsignmentError::AlreadyExists(_) => Self::already_exists(err.to_string()),
+            ConsignmentError::NoVesselFits(_) => Self::not_found(err.to_string()),
+            ConsignmentError::VesselUnavailable { .. } => Self::unavailable(err.to_string()),
+            ConsignmentError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),
+            ConsignmentError::Internal(cause) => {
+                error!(error = format!("{cause:#}"), "internal error");
+                Self::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The gRPC face of the consignment service: parse, find a vessel, store.
+
+use std::sync::Arc;
+
+use shippy_proto::consignment::v1 as pb;
+use shippy_proto::consignment::v1::shipping_service_server::ShippingService;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::domain::NewConsignment;
+use crate::repository::ConsignmentRepository;
+use crate::vessels::{VesselFinder, deadline_from};
+
+/// Serves CreateConsignment and GetConsignments.
+pub struct ShippingHandler {
+    /// Where consignments are stored.
+    repository: Arc<dyn ConsignmentRepository>,
+    /// Finds a vessel for each new consignment.
+    vessels: Arc<VesselFinder>,
+}
+
+impl ShippingHandler {
+    /// A handler storing into `repository` and asking `vessels` for vessels.
+    pub fn new(repository: Arc<dyn ConsignmentRepository>, vessels: Arc<VesselFinder>) -> Self {
+        Self {
+            repository,
+            vessels,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ShippingService for ShippingHandler {
+    #[tracing::instrument(name = "CreateConsignment", skip_all)]
+    async fn create_consignment(
+        &self,
+        request: Request<pb::Consignment>,
+    ) -> Result<Response<pb::Response>, Status> {
+        let deadline = deadline_from(request.metadata());
+        let new = NewConsignment::parse(request.into_inner())?;
+        let vessel_id = self
+            .vessels
+            .find(new.container_count(), new.weight(), deadline)
+            .await?;
+        let stored = self.repository.create(new.assign(vessel_id)).await?;
+        info!(id = %stored.id, vessel_id = %stored.vessel_id, "consignment created");
+        Ok(Response::new(pb::Response {
+            created: true,
+            consignment: Some(stored.into()),
+            consignments: Vec::new(),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetConsignments", skip_all)]
+    async fn get_consignments(
+        &self,
+        _request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::Response>, Status> {
+        let consignments = self.repository.all().await?;
+        Ok(Response::new(pb::Response {
+            created: false,
+            consignment: None,
+            consignments: consignments.into_iter().map(Into::into).collect(),
+        }))
+    }
+}

@@ -1,0 +1,88 @@
+//! Building consignment-service from its config and running it until stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shippy_proto::consignment::v1::shipping_service_server::ShippingServiceServer;
+use shippy_registry::{Discovery, RegisteredServer, RegistrationState, etcd};
+use tokio::sync::watch;
+use tonic::service::Routes;
+use tracing::info;
+
+use crate::config::Config;
+use crate::repository::InMemoryRepository;
+use crate::service::ShippingHandler;
+use crate::vessels::VesselFinder;
+
+/// A bound consignment-service, ready to serve and register.
+pub struct Application {
+    /// Owns the listener and the registration.
+    server: RegisteredServer,
+    /// Shared with the handler; kept here so tests can watch discovery.
+    vessels: Arc<VesselFinder>,
+    /// The gRPC handler.
+    handler: ShippingHandler,
+}
+
+impl Application {
+    /// Binds the listen address (port 0 allowed), starts following
+    /// vessel-service in etcd and prepares registration. A missing etcd is
+    /// not an error: both registration and discovery retry until it answers.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let client = etcd::connect(&config.registry.etcd_endpoints).await?;
+        let discovery = Discovery::spawn(
+            client.clone(),
+            &config.registry.key_space(),
+            &config.vessel_service,
+        );
+        info!(vessel_service = %config.vessel_service, "following vessel-service in etcd");
+        let vessels = Arc::new(VesselFinder::new(discovery, config.vessel_timeout()));
+        let server = RegisteredServer::bind(
+            &config.service_name,
+            config.listen,
+            config.advertise.clone(),
+            client,
+            &config.registry,
+            &config.lifecycle,
+        )
+        .await?;
+        let handler = ShippingHandler::new(
+            Arc::new(InMemoryRepository::default()),
+            Arc::clone(&vessels),
+        );
+        Ok(Self {
+            server,
+            vessels,
+            handler,
+        })
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The etcd key this instance registers under.
+    pub fn registry_key(&self) -> &str {
+        self.server.key()
+    }
+
+    /// Follows the registration state once running.
+    pub fn registration_state(&self) -> watch::Receiver<RegistrationState> {
+        self.server.registration_state()
+    }
+
+    /// The vessel-service instances currently known.
+    pub fn vessel_instances(
+        &self,
+    ) -> watch::Receiver<Arc<shippy_registry::discovery::InstanceMap>> {
+        self.vessels.discovery().instances()
+    }
+
+    /// Serves until `shutdown` resolves, then deregisters and drains.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let routes = Routes::new(ShippingServiceServer::new(self.handler));
+        self.server.serve(routes, shutdown).await
+    }
+}

@@ -1,0 +1,172 @@
+//! Asking vessel-service for a vessel, found by name through etcd.
+//!
+//! Calls go over a channel balanced across the instances discovery follows,
+//! so no call reads etcd. The caller's deadline is passed on; a call with no
+//! deadline gets the configured default.
+
+use std::time::Duration;
+
+use shippy_proto::vessel::v1 as pb;
+use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
+use shippy_registry::Discovery;
+use tokio::time::Instant;
+use tonic::Code;
+use tracing::warn;
+
+use crate::error::ConsignmentError;
+
+/// A client for whichever vessel-service instances are registered.
+#[derive(Debug)]
+pub struct VesselFinder {
+    /// Follows vessel-service's instances in etcd.
+    discovery: Discovery,
+    /// The timeout for calls whose caller set no deadline.
+    default_timeout: Duration,
+}
+
+impl VesselFinder {
+    /// A finder over `discovery`'s instances.
+    pub fn new(discovery: Discovery, default_timeout: Duration) -> Self {
+        Self {
+            discovery,
+            default_timeout,
+        }
+    }
+
+    /// The discovery behind this finder.
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// Returns the id of a vessel that carries `containers` weighing
+    /// `weight` kg, asking vessel-service before `deadline` (or within the
+    /// default timeout when there is none).
+    pub async fn find(
+        &self,
+        containers: u32,
+        weight: u32,
+        deadline: Option<Instant>,
+    ) -> Result<String, ConsignmentError> {
+        let service = self.discovery.service();
+        if !self.discovery.has_instances() {
+            return Err(ConsignmentError::VesselUnavailable {
+                service: service.to_owned(),
+                detail: "no instance is registered in etcd".into(),
+            });
+        }
+        let timeout = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => self.default_timeout,
+        };
+        if timeout.is_zero() {
+            return Err(ConsignmentError::DeadlineExceeded(service.to_owned()));
+        }
+        let mut request = tonic::Request::new(pb::Specification {
+            capacity: i32::try_from(containers).unwrap_or(i32::MAX),
+            max_weight: i32::try_from(weight).unwrap_or(i32::MAX),
+        });
+        request.set_timeout(timeout);
+
+        let mut client = VesselServiceClient::new(self.discovery.channel());
+        let response = client
+            .find_available(request)
+            .await
+            .map_err(|status| vessel_error(service, status))?;
+        response
+            .into_inner()
+            .vessel
+            .map(|vessel| vessel.id)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                ConsignmentError::Internal(anyhow::anyhow!(
+                    "{service} answered FindAvailable without a vessel"
+                ))
+            })
+    }
+}
+
+/// Maps vessel-service's status onto what the consignment caller sees.
+fn vessel_error(service: &str, status: tonic::Status) -> ConsignmentError {
+    match status.code() {
+        Code::NotFound => ConsignmentError::NoVesselFits(status.message().to_owned()),
+        Code::DeadlineExceeded | Code::Cancelled => {
+            ConsignmentError::DeadlineExceeded(service.to_owned())
+        }
+        Code::Unavailable => {
+            warn!(%service, error = %status.message(), "vessel service unreachable");
+            ConsignmentError::VesselUnavailable {
+                service: service.to_owned(),
+                detail: status.message().to_owned(),
+            }
+        }
+        _ => {
+            ConsignmentError::Internal(anyhow::anyhow!("{service} failed FindAvailable: {status}"))
+        }
+    }
+}
+
+/// The caller's deadline from its `grpc-timeout` header, counted from now.
+pub fn deadline_from(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let header = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(header).map(|timeout| Instant::now() + timeout)
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at_checked(split)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let cases = [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("3S", Duration::from_secs(3)),
+            ("250m", Duration::from_millis(250)),
+            ("7u", Duration::from_micros(7)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_grpc_timeout(text), Some(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for text in ["", "S", "10", "10x", "123456789S", "-1S", "1.5S", "１S"] {
+            assert_eq!(parse_grpc_timeout(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_missing_vessel_keeps_vessel_services_message() {
+        let err = vessel_error(
+            "shippy.service.vessel",
+            tonic::Status::not_found("no vessel can carry 3 containers weighing 900000 kg"),
+        );
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(
+            status.message(),
+            "no vessel can carry 3 containers weighing 900000 kg"
+        );
+    }
+}
