@@ -1,0 +1,194 @@
+//! Reading a consignment file into the wire message, with one clear error
+//! per problem instead of sending an empty or half-read consignment.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use shippy_proto::consignment::v1 as pb;
+
+/// The largest consignment file read; larger ones are refused unread.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// A consignment as written in the JSON file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsignmentFile {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    description: String,
+    weight: i64,
+    containers: Vec<ContainerFile>,
+}
+
+/// A container as written in the JSON file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerFile {
+    #[serde(default)]
+    id: String,
+    customer_id: String,
+    origin: String,
+    user_id: String,
+}
+
+/// Reads and checks the consignment file at `path`.
+pub fn read_consignment(path: &Path) -> anyhow::Result<pb::Consignment> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {shown}"))?;
+    let metadata = file
+        .metadata()
+        .with_context(|| format!("cannot read {shown}"))?;
+    if metadata.is_dir() {
+        bail!("{shown} is a directory, not a consignment file");
+    }
+    if metadata.len() > MAX_FILE_BYTES {
+        bail!(
+            "{shown} is {} bytes; consignment files are limited to {MAX_FILE_BYTES} bytes",
+            metadata.len()
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {shown}"))?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
+        bail!("{shown} is larger than {MAX_FILE_BYTES} bytes");
+    }
+    parse_consignment(&bytes).with_context(|| format!("{shown}"))
+}
+
+/// Parses consignment JSON into the wire message.
+pub fn parse_consignment(bytes: &[u8]) -> anyhow::Result<pb::Consignment> {
+    let text = std::str::from_utf8(bytes).map_err(|err| {
+        anyhow::anyhow!(
+            "not UTF-8 text (invalid byte at offset {})",
+            err.valid_up_to()
+        )
+    })?;
+    if text.trim().is_empty() {
+        bail!("the file is empty; expected a JSON consignment");
+    }
+    let file: ConsignmentFile = serde_json::from_str(text).map_err(describe_json_error)?;
+    let weight = i32::try_from(file.weight)
+        .ok()
+        .filter(|weight| *weight > 0)
+        .with_context(|| {
+            format!(
+                "weight must be a whole number of kilograms from 1 to {}, got {}",
+                i32::MAX,
+                file.weight
+            )
+        })?;
+    if file.containers.is_empty() {
+        bail!("containers is empty; a consignment needs at least one container");
+    }
+    Ok(pb::Consignment {
+        id: file.id,
+        description: file.description,
+        weight,
+        containers: file
+            .containers
+            .into_iter()
+            .map(|container| pb::Container {
+                id: container.id,
+                customer_id: container.customer_id,
+                origin: container.origin,
+                user_id: container.user_id,
+            })
+            .collect(),
+        vessel_id: String::new(),
+    })
+}
+
+/// Turns serde's message into one line that says what and where.
+fn describe_json_error(err: serde_json::Error) -> anyhow::Error {
+    use serde_json::error::Category;
+    let kind = match err.classify() {
+        Category::Syntax | Category::Eof => "invalid JSON",
+        Category::Data => "not a valid consignment",
+        Category::Io => "cannot read",
+    };
+    anyhow::anyhow!("{kind}: {err}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = include_str!("../../consignment.json");
+
+    fn error_of(json: &str) -> String {
+        format!("{:#}", parse_consignment(json.as_bytes()).unwrap_err())
+    }
+
+    #[test]
+    fn the_shipped_sample_parses_to_the_tutorials_consignment() {
+        let consignment = parse_consignment(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(consignment.description, "This is a test consignment");
+        assert_eq!(consignment.weight, 55_000);
+        let customers: Vec<_> = consignment
+            .containers
+            .iter()
+            .map(|c| (c.customer_id.as_str(), c.user_id.as_str()))
+            .collect();
+        assert_eq!(
+            customers,
+            [
+                ("cust001", "user001"),
+                ("cust002", "user001"),
+                ("cust005", "user001")
+            ]
+        );
+        assert!(consignment.containers[1].origin.starts_with("Derby"));
+    }
+
+    #[test]
+    fn bad_files_get_one_line_naming_the_problem() {
+        let containers = r#"[{"customer_id":"c","origin":"o","user_id":"u"}]"#;
+        let cases = [
+            ("", "empty".to_owned()),
+            (
+                "{\"weight\": 1,\n \"containers\": [}",
+                "line 2 column".to_owned(),
+            ),
+            (
+                &format!(r#"{{"wieght": 5, "weight": 5, "containers": {containers}}}"#),
+                "unknown field `wieght`".to_owned(),
+            ),
+            (
+                &format!(r#"{{"weight": "heavy", "containers": {containers}}}"#),
+                "invalid type".to_owned(),
+            ),
+            (
+                &format!(r#"{{"weight": -5, "containers": {containers}}}"#),
+                "got -5".to_owned(),
+            ),
+            (
+                &format!(r#"{{"weight": 3000000000, "containers": {containers}}}"#),
+                "got 3000000000".to_owned(),
+            ),
+            (
+                r#"{"weight": 5, "containers": []}"#,
+                "at least one container".to_owned(),
+            ),
+            (r#"{"weight": 5}"#, "missing field `containers`".to_owned()),
+        ];
+        for (json, expected) in cases {
+            let message = error_of(json);
+            assert!(message.contains(&expected), "{json:?}: {message}");
+            assert!(!message.contains('\n'), "{json:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_bytes_are_refused() {
+        let message = format!(
+            "{:#}",
+            parse_consignment(b"{\"weight\": \xff}").unwrap_err()
+        );
+        assert!(message.contains("not UTF-8"), "{message}");
+    }
+}
