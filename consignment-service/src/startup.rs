@@ -31,12 +31,19 @@ impl Application {
     /// not an error: both registration and discovery retry until it answers.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let client = etcd::connect(&config.registry.etcd_endpoints).await?;
-        let discovery = Discovery::spawn(
+        // Discovery's first read completes before this instance registers, so
+        // a caller that finds this instance finds it ready to place consignments.
+        let discovery = Discovery::start(
             client.clone(),
             &config.registry.key_space(),
             &config.vessel_service,
+        )
+        .await;
+        info!(
+            vessel_service = %config.vessel_service,
+            instances = discovery.instances().borrow().len(),
+            "following vessel-service in etcd"
         );
-        info!(vessel_service = %config.vessel_service, "following vessel-service in etcd");
         let vessels = Arc::new(VesselFinder::new(discovery, config.vessel_timeout()));
         let server = RegisteredServer::bind(
             &config.service_name,

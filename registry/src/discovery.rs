@@ -31,8 +31,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first and the longest pause between attempts while etcd is unreachable.
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(3);
-/// How many endpoint changes may queue for the balancer.
-const CHANGE_BUFFER: usize = 64;
+/// How many endpoint changes may queue for the balancer, which only takes
+/// them when a call is made; generous so an idle service never stalls here.
+const CHANGE_BUFFER: usize = 1024;
 
 /// The instances of one service known right now, by etcd key.
 pub type InstanceMap = BTreeMap<String, AdvertiseAddr>;
@@ -53,13 +54,17 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Starts following `service`'s instances under `keys`.
+    /// Reads `service`'s instances under `keys`, then follows them in the
+    /// background.
     ///
-    /// Returns at once; instances are added as soon as etcd answers.
-    pub fn spawn(client: Client, keys: &KeySpace, service: &str) -> Self {
+    /// The first read is awaited (for at most a few seconds) so a service
+    /// that depends on `service` knows its instances before it advertises
+    /// itself. If etcd does not answer, following starts anyway and
+    /// instances are added as soon as it does.
+    pub async fn start(client: Client, keys: &KeySpace, service: &str) -> Self {
         let (channel, changes) = Channel::balance_channel(CHANGE_BUFFER);
         let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
-        let follower = Follower {
+        let mut follower = Follower {
             client,
             service: service.to_owned(),
             prefix: keys.service_prefix(service),
@@ -68,11 +73,18 @@ impl Discovery {
             published,
             etcd_failing: false,
         };
+        let first_read = match follower.resync().await {
+            Ok(revision) => revision,
+            Err(err) => {
+                follower.failed(&err);
+                None
+            }
+        };
         Self {
             service: service.to_owned(),
             channel,
             instances,
-            task: tokio::spawn(follower.run()),
+            task: tokio::spawn(follower.run(first_read)),
         }
     }
 
@@ -163,9 +175,10 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self) {
+    /// Follows etcd forever, resuming after `resume_after` when the initial
+    /// read succeeded.
+    async fn run(mut self, mut resume_after: Option<i64>) {
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        let mut resume_after: Option<i64> = None;
         loop {
             let revision = match resume_after {
                 Some(revision) => revision,

@@ -138,7 +138,7 @@ async fn discovery_follows_instances_and_skips_malformed_records() {
         .await
         .unwrap();
     let client = connect(&server).await;
-    let discovery = Discovery::spawn(client.clone(), &keys, SERVICE);
+    let discovery = Discovery::start(client.clone(), &keys, SERVICE).await;
     let instances = discovery.instances();
     let expect = |expected: &[(&str, &str)]| {
         let expected: BTreeMap<String, AdvertiseAddr> = expected

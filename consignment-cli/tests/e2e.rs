@@ -1,0 +1,147 @@
+//! The whole system as users run it: a real etcd, the vessel-service and
+//! consignment-service binaries on free ports, and this CLI on the sample
+//! consignment.json.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use shippy_test_support::{ChildGuard, Etcd, wait_until, workspace_bin};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+const VESSEL: &str = "/shippy/services/shippy.service.vessel/";
+const CONSIGNMENT: &str = "/shippy/services/shippy.service.consignment/";
+
+fn sample_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json")
+}
+
+/// Starts a service binary against `etcd` on a free port, logging into `logs`.
+fn spawn_service(etcd: &Etcd, package: &str, logs: &Path) -> ChildGuard {
+    let binary = workspace_bin(package, package).unwrap();
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
+        .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info");
+    ChildGuard::spawn_logged(&mut command, &logs.join(format!("{package}.log"))).unwrap()
+}
+
+async fn wait_for_keys(etcd: &Etcd, prefix: &str, count: usize) {
+    wait_until(
+        DEADLINE,
+        &format!("{count} key(s) under {prefix}"),
+        || async { etcd.get_prefix(prefix).await.unwrap().len() == count },
+    )
+    .await
+    .unwrap();
+}
+
+fn run_cli(etcd: &Etcd, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_consignment-cli"))
+        .env_clear()
+        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_submits_the_sample_and_gets_vessel001() {
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let _vessel = spawn_service(&etcd, "vessel-service", logs.path());
+    wait_for_keys(&etcd, VESSEL, 1).await;
+    let _consignment = spawn_service(&etcd, "consignment-service", logs.path());
+    wait_for_keys(&etcd, CONSIGNMENT, 1).await;
+
+    let sample = sample_file();
+    let first = run_cli(&etcd, &[sample.to_str().unwrap()]);
+    let second = run_cli(&etcd, &[sample.to_str().unwrap()]);
+
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{first:?}");
+    assert!(stdout.starts_with("Created consignment "), "{stdout}");
+    assert!(stdout.contains("\n  vessel_id:   vessel001\n"), "{stdout}");
+    assert!(
+        stdout.contains("customer cust005 from Sheffield"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("All consignments (1):"), "{stdout}");
+    let id = stdout
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("Created consignment "))
+        .unwrap();
+    let row = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with(id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{stdout}"));
+    assert!(row.contains("vessel001") && row.contains("55000"), "{row}");
+
+    let again = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{second:?}");
+    assert!(again.contains("All consignments (2):"), "{again}");
+    assert!(
+        again.contains(id),
+        "the first consignment is still listed:\n{again}"
+    );
+}
+
+#[tokio::test]
+async fn on_sigterm_a_service_removes_its_key_then_exits_0() {
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    for (package, prefix) in [
+        ("vessel-service", VESSEL),
+        ("consignment-service", CONSIGNMENT),
+    ] {
+        let mut service = spawn_service(&etcd, package, logs.path());
+        wait_for_keys(&etcd, prefix, 1).await;
+
+        service.signal(Signal::SIGTERM).unwrap();
+        wait_for_keys(&etcd, prefix, 0).await;
+        let status = service.wait_exit(DEADLINE).await.unwrap();
+
+        assert!(
+            status.success(),
+            "{package} exited with {status}:\n{}",
+            service.log_tail()
+        );
+        let log = service.log();
+        assert!(log.contains("received SIGTERM"), "{log}");
+        assert!(log.contains("deregistered from etcd"), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn the_cli_says_when_no_consignment_service_is_registered() {
+    let etcd = Etcd::start().await.unwrap();
+    let sample = sample_file();
+
+    let output = run_cli(&etcd, &[sample.to_str().unwrap()]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no instance of shippy.service.consignment is registered"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn the_cli_refuses_a_missing_file_before_contacting_anything() {
+    let etcd = Etcd::start().await.unwrap();
+
+    let output = run_cli(&etcd, &["/nonexistent/consignment.json"]);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot open /nonexistent/consignment.json"),
+        "{stderr}"
+    );
+}

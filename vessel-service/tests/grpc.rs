@@ -1,0 +1,118 @@
+//! vessel-service over gRPC, registered in a real etcd.
+
+use std::time::Duration;
+
+use clap::Parser;
+use shippy_proto::vessel::v1 as pb;
+use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
+use shippy_registry::RegistrationState;
+use shippy_test_support::Etcd;
+use tonic::Code;
+use vessel_service::{Application, Config};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn spec(capacity: i32, max_weight: i32) -> pb::Specification {
+    pb::Specification {
+        capacity,
+        max_weight,
+    }
+}
+
+#[tokio::test]
+async fn vessel_service_registers_answers_and_deregisters_on_stop() {
+    let etcd = Etcd::start().await.unwrap();
+    let config = Config::try_parse_from([
+        "vessel-service",
+        "--listen=127.0.0.1:0",
+        &format!("--etcd-endpoints={}", etcd.endpoint()),
+        "--registry-prefix=/test/services",
+    ])
+    .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let address = app.local_addr().unwrap();
+    let key = app.registry_key().to_owned();
+    let mut state = app.registration_state();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(
+        DEADLINE,
+        state.wait_for(|s| *s == RegistrationState::Registered),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Registered under the documented key, with a dialable address.
+    assert!(
+        key.starts_with("/test/services/shippy.service.vessel/"),
+        "{key}"
+    );
+    let stored = etcd.get_prefix(&key).await.unwrap();
+    let record: serde_json::Value = serde_json::from_str(&stored[0].1).unwrap();
+    assert_eq!(record["name"], "shippy.service.vessel");
+    assert_eq!(record["address"], address.to_string());
+
+    let mut client = VesselServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+
+    let found = client.find_available(spec(3, 55_000)).await.unwrap();
+    let vessel = found.into_inner().vessel.unwrap();
+    assert_eq!(
+        (vessel.id.as_str(), vessel.name.as_str()),
+        ("vessel001", "Boaty McBoatface")
+    );
+
+    let err = client
+        .find_available(spec(3, 900_000_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        err.message(),
+        "no vessel can carry 3 containers weighing 900000000 kg"
+    );
+
+    let err = client.find_available(spec(-1, 10)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("capacity"), "{}", err.message());
+
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert!(
+        etcd.get_prefix(&key).await.unwrap().is_empty(),
+        "key left behind after stop"
+    );
+    assert_eq!(*state.borrow(), RegistrationState::Deregistered);
+}
+
+#[tokio::test]
+async fn a_bad_fleet_file_stops_start_up_with_a_clear_error() {
+    let etcd = Etcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet.json");
+    std::fs::write(
+        &fleet,
+        r#"[{"id": "v1", "name": "V", "capacity": -3, "max_weight": 1}]"#,
+    )
+    .unwrap();
+    let config = Config::try_parse_from([
+        "vessel-service",
+        "--listen=127.0.0.1:0",
+        &format!("--etcd-endpoints={}", etcd.endpoint()),
+        &format!("--fleet-file={}", fleet.display()),
+    ])
+    .unwrap();
+
+    let err = Application::build(config)
+        .await
+        .err()
+        .expect("start-up fails");
+
+    let message = format!("{err:#}");
+    assert!(message.contains("fleet.json"), "{message}");
+    assert!(message.contains("-3"), "{message}");
+}
