@@ -2,6 +2,9 @@
 //! consignment-service binaries on free ports, and this CLI on the sample
 //! consignment.json.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -17,7 +17,12 @@ pub const DEFAULT_VESSEL_SERVICE: &str = "shippy.service.vessel";
 #[command(name = "consignment-service", version)]
 pub struct Config {
     /// Address to accept gRPC connections on.
-    #[arg(long, env = "SHIPPY_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long,
+        env = "SHIPPY_LISTEN_ADDR",
+        default_value = "0.0.0.0:50051",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
 
     /// host:port that callers use to reach this instance, as registered in

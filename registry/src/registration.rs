@@ -104,10 +104,10 @@ impl Registration {
     /// failed (the lease then expires on its own).
     pub async fn deregister(mut self) {
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            if let Err(err) = task.await {
-                warn!(key = %self.key, error = %err, "registration task ended abnormally");
-            }
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+        {
+            warn!(key = %self.key, error = %err, "registration task ended abnormally");
         }
     }
 }

@@ -120,14 +120,14 @@ impl Etcd {
         self.process = Some(ChildGuard::spawn_logged(&mut command, &log)?);
         let deadline = Instant::now() + ETCD_START_TIMEOUT;
         loop {
-            if let Some(process) = self.process.as_mut() {
-                if let Some(status) = process.try_exit()? {
-                    bail!(
-                        "etcd ({}) exited with {status} at start:\n{}",
-                        binary.display(),
-                        process.log_tail()
-                    );
-                }
+            if let Some(process) = self.process.as_mut()
+                && let Some(status) = process.try_exit()?
+            {
+                bail!(
+                    "etcd ({}) exited with {status} at start:\n{}",
+                    binary.display(),
+                    process.log_tail()
+                );
             }
             if self.answers().await {
                 return Ok(());

@@ -15,7 +15,12 @@ pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.vessel";
 #[command(name = "vessel-service", version)]
 pub struct Config {
     /// Address to accept gRPC connections on.
-    #[arg(long, env = "SHIPPY_LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(
+        long,
+        env = "SHIPPY_LISTEN_ADDR",
+        default_value = "0.0.0.0:50052",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
 
     /// host:port that callers use to reach this instance, as registered in

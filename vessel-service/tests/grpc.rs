@@ -1,5 +1,8 @@
 //! vessel-service over gRPC, registered in a real etcd.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use clap::Parser;

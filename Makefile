@@ -1,0 +1,50 @@
+# shippy: consignment and vessel gRPC services with etcd service discovery.
+#
+#   make build   build release binaries into target/release
+#   make run     run etcd, both services and the CLI on this host (Ctrl-C stops all)
+#   make test    lint, then every test (installs etcd-server when it is missing)
+#
+# protoc is not needed: protox, a protoc-compatible compiler from crates.io,
+# is installed under .tools/ on first use and passed to the build as PROTOC.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+
+TOOLS := $(CURDIR)/.tools
+PROTOX_VERSION := 0.10.0
+PROTOX := $(TOOLS)/bin/protox
+PROTOC ?= $(PROTOX)
+export PROTOC
+
+.PHONY: build run test lint check-format tools etcd clean
+
+build: tools
+	$(CARGO) build --release --workspace --bins
+
+run: build etcd
+	./scripts/run.sh
+
+test: tools etcd lint
+	$(CARGO) test --workspace
+
+lint: tools check-format
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check-format:
+	$(CARGO) fmt --all -- --check
+
+# Only installs protox when PROTOC still points at it, so an explicit
+# PROTOC=/usr/bin/protoc is respected.
+tools:
+	@if [ "$(PROTOC)" = "$(PROTOX)" ] && [ ! -x "$(PROTOX)" ]; then \
+		echo "Installing protox $(PROTOX_VERSION) into $(TOOLS) (used as protoc)"; \
+		$(CARGO) install --quiet --locked --root "$(TOOLS)" --features bin protox --version $(PROTOX_VERSION); \
+	fi
+
+etcd:
+	@./scripts/install-etcd.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .run
