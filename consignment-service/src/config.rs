@@ -1,10 +1,9 @@
 //! consignment-service's settings, from flags or `SHIPPY_…` environment variables.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shippy_registry::{AdvertiseAddr, LifecycleArgs, RegistryArgs};
+use shippy_registry::{RegistryArgs, ServerArgs};
 
 /// The name consignment-service registers under unless configured otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.consignment";
@@ -14,23 +13,12 @@ pub const DEFAULT_VESSEL_SERVICE: &str = "shippy.service.vessel";
 /// Stores consignments, each with a vessel chosen by vessel-service. Finds
 /// vessel-service by name through etcd and registers itself there too.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "consignment-service", version)]
+#[command(
+    name = "consignment-service",
+    version,
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:50051"))
+)]
 pub struct Config {
-    /// Address to accept gRPC connections on.
-    #[arg(
-        long,
-        env = "SHIPPY_LISTEN_ADDR",
-        default_value = "0.0.0.0:50051",
-        value_name = "ADDR"
-    )]
-    pub listen: SocketAddr,
-
-    /// host:port that callers use to reach this instance, as registered in
-    /// etcd; never 0.0.0.0. Defaults to the listen address with 0.0.0.0
-    /// replaced by 127.0.0.1.
-    #[arg(long, env = "SHIPPY_ADVERTISE_ADDR", value_name = "HOST:PORT")]
-    pub advertise: Option<AdvertiseAddr>,
-
     /// Name to register under in etcd.
     #[arg(
         long = "service-name",
@@ -66,7 +54,7 @@ pub struct Config {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub lifecycle: LifecycleArgs,
+    pub server: ServerArgs,
 }
 
 impl Config {

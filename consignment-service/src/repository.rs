@@ -32,7 +32,9 @@ pub struct InMemoryRepository {
 
 #[derive(Debug, Default)]
 struct Stored {
+    /// In creation order, which GetConsignments preserves.
     consignments: Vec<Consignment>,
+    /// Every id in `consignments`, so a duplicate is found without a scan.
     ids: HashSet<String>,
 }
 

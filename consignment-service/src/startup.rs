@@ -1,11 +1,10 @@
 //! Building consignment-service from its config and running it until stopped.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use shippy_proto::consignment::v1::shipping_service_server::ShippingServiceServer;
-use shippy_registry::{Discovery, RegisteredServer, RegistrationState, etcd};
+use shippy_registry::{Discovery, RegisteredServer, etcd};
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tracing::info;
@@ -47,11 +46,9 @@ impl Application {
         let vessels = Arc::new(VesselFinder::new(discovery, config.vessel_timeout()));
         let server = RegisteredServer::bind(
             &config.service_name,
-            config.listen,
-            config.advertise.clone(),
+            &config.server,
             client,
             &config.registry,
-            &config.lifecycle,
         )
         .await?;
         let handler = ShippingHandler::new(
@@ -65,19 +62,9 @@ impl Application {
         })
     }
 
-    /// The address the server is bound to.
-    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server.local_addr()
-    }
-
-    /// The etcd key this instance registers under.
-    pub fn registry_key(&self) -> &str {
-        self.server.key()
-    }
-
-    /// Follows the registration state once running.
-    pub fn registration_state(&self) -> watch::Receiver<RegistrationState> {
-        self.server.registration_state()
+    /// The bound server: its address, registry key and registration state.
+    pub fn server(&self) -> &RegisteredServer {
+        &self.server
     }
 
     /// The vessel-service instances currently known.

@@ -48,8 +48,8 @@ fn args(etcd: &Etcd, extra: &[&str]) -> Vec<String> {
 async fn spawn_vessel_service(etcd: &Etcd) -> Running {
     let config = vessel_service::Config::try_parse_from(args(etcd, &[])).unwrap();
     let app = vessel_service::Application::build(config).await.unwrap();
-    let address = app.local_addr().unwrap();
-    let mut state = app.registration_state();
+    let address = app.server().local_addr().unwrap();
+    let mut state = app.server().registration_state();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -74,7 +74,7 @@ async fn spawn_consignment_service(etcd: &Etcd, vessels: usize, extra: &[&str]) 
     let app = consignment_service::Application::build(config)
         .await
         .unwrap();
-    let address = app.local_addr().unwrap();
+    let address = app.server().local_addr().unwrap();
     let mut instances = app.vessel_instances();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {

@@ -1,11 +1,12 @@
 //! Command-line and environment settings shared by every shippy process that
 //! talks to the registry.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::record::{DEFAULT_PREFIX, KeySpace};
+use crate::record::{AdvertiseAddr, DEFAULT_PREFIX, KeySpace};
 
 /// Where the registry lives.
 #[derive(Debug, Clone, Args)]
@@ -38,9 +39,21 @@ impl RegistryArgs {
     }
 }
 
-/// How a serving instance keeps its registration and stops.
+/// How a serving instance listens, advertises itself, keeps its registration
+/// and stops. Each service sets its own default for `--listen` with
+/// `#[command(mut_arg("listen", ...))]`.
 #[derive(Debug, Clone, Args)]
-pub struct LifecycleArgs {
+pub struct ServerArgs {
+    /// Address to accept gRPC connections on.
+    #[arg(long, env = "SHIPPY_LISTEN_ADDR", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// host:port that callers use to reach this instance, as registered in
+    /// etcd; never 0.0.0.0. Defaults to the listen address with 0.0.0.0
+    /// replaced by 127.0.0.1.
+    #[arg(long, env = "SHIPPY_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise: Option<AdvertiseAddr>,
+
     /// Seconds the registration outlives the process if it dies without
     /// deregistering; the lease is renewed every third of this.
     #[arg(
@@ -63,7 +76,7 @@ pub struct LifecycleArgs {
     pub shutdown_grace_secs: u64,
 }
 
-impl LifecycleArgs {
+impl ServerArgs {
     /// The lease TTL.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl_secs)

@@ -151,7 +151,9 @@ enum WatchEnd {
     Compacted,
     /// The stream failed; resume after the last revision seen.
     Broken {
+        /// What failed, for the log.
         error: anyhow::Error,
+        /// The newest revision already applied.
         last_seen: i64,
     },
     /// The channel was dropped: nobody needs the instances any more.
@@ -160,7 +162,9 @@ enum WatchEnd {
 
 /// The background task that mirrors etcd into the balanced channel.
 struct Follower {
+    /// Shared with the rest of the process; cheap to clone.
     client: Client,
+    /// The service name, for logs.
     service: String,
     /// `<prefix>/<service>/`, the keys followed.
     prefix: String,

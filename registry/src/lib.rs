@@ -22,7 +22,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{LifecycleArgs, RegistryArgs};
+pub use config::{RegistryArgs, ServerArgs};
 pub use discovery::Discovery;
 pub use record::{AdvertiseAddr, KeySpace, ServiceRecord};
 pub use registration::{Registration, RegistrationState};

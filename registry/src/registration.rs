@@ -128,11 +128,16 @@ enum KeepAliveEnd {
 
 /// The background task's state.
 struct Keeper {
+    /// Shared with the rest of the process; cheap to clone.
     client: Client,
+    /// The key this instance owns, and the JSON record stored under it.
     key: String,
     value: String,
+    /// The TTL asked for on every grant; etcd may grant more.
     ttl_secs: i64,
+    /// Where state changes are published.
     state: watch::Sender<RegistrationState>,
+    /// Cancelled by `deregister` or drop.
     stop: CancellationToken,
     /// Whether the last attempt failed, so an outage is logged once, not per retry.
     etcd_failing: bool,

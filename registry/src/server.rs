@@ -18,7 +18,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-use crate::config::{LifecycleArgs, RegistryArgs};
+use crate::config::{RegistryArgs, ServerArgs};
 use crate::record::{AdvertiseAddr, ServiceRecord};
 use crate::registration::{Registration, RegistrationState};
 
@@ -31,33 +31,33 @@ pub struct RegisteredServer {
     record: ServiceRecord,
     /// Shared with the rest of the process (discovery uses it too).
     etcd: Client,
-    lifecycle: LifecycleArgs,
+    /// Lease TTL and grace period.
+    args: ServerArgs,
     /// Sees registration state changes from the moment serving starts.
     state_tx: watch::Sender<RegistrationState>,
 }
 
 impl RegisteredServer {
-    /// Binds `listen` and prepares the registration of `service_name`.
+    /// Binds the listen address and prepares the registration of `service_name`.
     ///
-    /// Without an explicit `advertise` address, the bound address is
+    /// Without an explicit advertise address, the bound address is
     /// advertised, with an unspecified IP replaced by loopback: that is right
-    /// for a single host, and a container or cluster sets `advertise`.
+    /// for a single host, and a container or cluster sets `--advertise`.
     pub async fn bind(
         service_name: &str,
-        listen: SocketAddr,
-        advertise: Option<AdvertiseAddr>,
+        args: &ServerArgs,
         etcd: Client,
         registry: &RegistryArgs,
-        lifecycle: &LifecycleArgs,
     ) -> anyhow::Result<Self> {
+        let listen = args.listen;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        let address = match advertise {
-            Some(address) => address,
+        let address = match &args.advertise {
+            Some(address) => address.clone(),
             None => default_advertise(bound)?,
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -77,7 +77,7 @@ impl RegisteredServer {
             key: registry.key_space().instance_key(service_name, &id),
             record,
             etcd,
-            lifecycle: lifecycle.clone(),
+            args: args.clone(),
             state_tx,
         })
     }
@@ -132,7 +132,7 @@ impl RegisteredServer {
             self.etcd,
             self.key,
             &self.record,
-            self.lifecycle.lease_ttl(),
+            self.args.lease_ttl(),
             self.state_tx,
         );
 
@@ -150,7 +150,7 @@ impl RegisteredServer {
         info!("stopping: deregistering, then draining in-flight calls");
         registration.deregister().await;
         let _ = stop_accepting.send(());
-        let grace = self.lifecycle.shutdown_grace();
+        let grace = self.args.shutdown_grace();
         let result = match tokio::time::timeout(grace, &mut server).await {
             Ok(joined) => joined
                 .context("server task failed")?

@@ -1,10 +1,9 @@
 //! vessel-service's settings, from flags or `SHIPPY_…` environment variables.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use shippy_registry::{AdvertiseAddr, LifecycleArgs, RegistryArgs};
+use shippy_registry::{RegistryArgs, ServerArgs};
 
 /// The name vessel-service registers under unless configured otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.vessel";
@@ -12,23 +11,12 @@ pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.vessel";
 /// Finds an available vessel for a consignment. Registers itself in etcd
 /// so that consignment-service can find it by name.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "vessel-service", version)]
+#[command(
+    name = "vessel-service",
+    version,
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:50052"))
+)]
 pub struct Config {
-    /// Address to accept gRPC connections on.
-    #[arg(
-        long,
-        env = "SHIPPY_LISTEN_ADDR",
-        default_value = "0.0.0.0:50052",
-        value_name = "ADDR"
-    )]
-    pub listen: SocketAddr,
-
-    /// host:port that callers use to reach this instance, as registered in
-    /// etcd; never 0.0.0.0. Defaults to the listen address with 0.0.0.0
-    /// replaced by 127.0.0.1.
-    #[arg(long, env = "SHIPPY_ADVERTISE_ADDR", value_name = "HOST:PORT")]
-    pub advertise: Option<AdvertiseAddr>,
-
     /// Name to register under in etcd.
     #[arg(
         long = "service-name",
@@ -49,5 +37,5 @@ pub struct Config {
 
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub lifecycle: LifecycleArgs,
+    pub server: ServerArgs,
 }

@@ -1,11 +1,9 @@
 //! Building vessel-service from its config and running it until stopped.
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use shippy_proto::vessel::v1::vessel_service_server::VesselServiceServer;
-use shippy_registry::{RegisteredServer, RegistrationState, etcd};
-use tokio::sync::watch;
+use shippy_registry::{RegisteredServer, etcd};
 use tonic::service::Routes;
 use tracing::info;
 
@@ -34,11 +32,9 @@ impl Application {
         let client = etcd::connect(&config.registry.etcd_endpoints).await?;
         let server = RegisteredServer::bind(
             &config.service_name,
-            config.listen,
-            config.advertise.clone(),
+            &config.server,
             client,
             &config.registry,
-            &config.lifecycle,
         )
         .await?;
         Ok(Self {
@@ -47,19 +43,9 @@ impl Application {
         })
     }
 
-    /// The address the server is bound to.
-    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server.local_addr()
-    }
-
-    /// The etcd key this instance registers under.
-    pub fn registry_key(&self) -> &str {
-        self.server.key()
-    }
-
-    /// Follows the registration state once running.
-    pub fn registration_state(&self) -> watch::Receiver<RegistrationState> {
-        self.server.registration_state()
+    /// The bound server: its address, registry key and registration state.
+    pub fn server(&self) -> &RegisteredServer {
+        &self.server
     }
 
     /// Serves until `shutdown` resolves, then deregisters and drains.

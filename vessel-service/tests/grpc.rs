@@ -33,9 +33,9 @@ async fn vessel_service_registers_answers_and_deregisters_on_stop() {
     ])
     .unwrap();
     let app = Application::build(config).await.unwrap();
-    let address = app.local_addr().unwrap();
-    let key = app.registry_key().to_owned();
-    let mut state = app.registration_state();
+    let address = app.server().local_addr().unwrap();
+    let key = app.server().key().to_owned();
+    let mut state = app.server().registration_state();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
