@@ -16,7 +16,7 @@ pub const DEFAULT_VESSEL_SERVICE: &str = "shippy.service.vessel";
 #[command(
     name = "consignment-service",
     version,
-    mut_arg("listen", |arg| arg.default_value("0.0.0.0:50051"))
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:50051").required(false))
 )]
 pub struct Config {
     /// Name to register under in etcd.

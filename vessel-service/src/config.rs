@@ -14,7 +14,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.vessel";
 #[command(
     name = "vessel-service",
     version,
-    mut_arg("listen", |arg| arg.default_value("0.0.0.0:50052"))
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:50052").required(false))
 )]
 pub struct Config {
     /// Name to register under in etcd.
