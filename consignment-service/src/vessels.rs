@@ -1,17 +1,18 @@
 //! Asking vessel-service for a vessel, found by name through etcd.
 //!
-//! Calls go over a channel balanced across the instances discovery follows,
-//! so no call reads etcd. The caller's deadline is passed on; a call with no
-//! deadline gets the configured default.
+//! Calls go to the instances discovery follows, so no call reads etcd; an
+//! unreachable instance is skipped for another within the deadline. The
+//! caller's deadline is passed on; a call with no deadline gets the
+//! configured default.
 
 use std::time::Duration;
 
 use shippy_proto::vessel::v1 as pb;
 use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
 use shippy_registry::Discovery;
+use shippy_registry::pool::CallError;
 use tokio::time::Instant;
 use tonic::Code;
-use tracing::warn;
 
 use crate::error::ConsignmentError;
 
@@ -48,31 +49,27 @@ impl VesselFinder {
         deadline: Option<Instant>,
     ) -> Result<String, ConsignmentError> {
         let service = self.discovery.service();
-        if !self.discovery.has_instances() {
-            return Err(ConsignmentError::VesselUnavailable {
-                service: service.to_owned(),
-                detail: "no instance is registered in etcd".into(),
-            });
-        }
-        let timeout = match deadline {
-            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-            None => self.default_timeout,
-        };
-        if timeout.is_zero() {
-            return Err(ConsignmentError::DeadlineExceeded(service.to_owned()));
-        }
-        let mut request = tonic::Request::new(pb::Specification {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.default_timeout);
+        let spec = pb::Specification {
             capacity: i32::try_from(containers).unwrap_or(i32::MAX),
             max_weight: i32::try_from(weight).unwrap_or(i32::MAX),
-        });
-        request.set_timeout(timeout);
-
-        let mut client = VesselServiceClient::new(self.discovery.channel());
-        let response = client
-            .find_available(request)
+        };
+        // FindAvailable only reads, so it is safe to send again to another
+        // instance when the first cannot be reached.
+        let answer = self
+            .discovery
+            .call(deadline, |channel, remaining| {
+                let mut request = tonic::Request::new(spec);
+                request.set_timeout(remaining);
+                async move {
+                    VesselServiceClient::new(channel)
+                        .find_available(request)
+                        .await
+                }
+            })
             .await
-            .map_err(|status| vessel_error(service, status))?;
-        response
+            .map_err(|err| vessel_error(service, err))?;
+        answer
             .into_inner()
             .vessel
             .map(|vessel| vessel.id)
@@ -85,23 +82,26 @@ impl VesselFinder {
     }
 }
 
-/// Maps vessel-service's status onto what the consignment caller sees.
-fn vessel_error(service: &str, status: tonic::Status) -> ConsignmentError {
-    match status.code() {
-        Code::NotFound => ConsignmentError::NoVesselFits(status.message().to_owned()),
-        Code::DeadlineExceeded | Code::Cancelled => {
-            ConsignmentError::DeadlineExceeded(service.to_owned())
-        }
-        Code::Unavailable => {
-            warn!(%service, error = %status.message(), "vessel service unreachable");
-            ConsignmentError::VesselUnavailable {
-                service: service.to_owned(),
-                detail: status.message().to_owned(),
-            }
-        }
-        _ => {
-            ConsignmentError::Internal(anyhow::anyhow!("{service} failed FindAvailable: {status}"))
-        }
+/// Maps why vessel-service gave no vessel onto what the consignment caller sees.
+fn vessel_error(service: &str, err: CallError) -> ConsignmentError {
+    let unavailable = |detail: String| ConsignmentError::VesselUnavailable {
+        service: service.to_owned(),
+        detail,
+    };
+    match err {
+        CallError::NoInstances => unavailable("no instance is registered in etcd".into()),
+        CallError::Unreachable(status) => unavailable(format!(
+            "no instance could be reached ({})",
+            status.message()
+        )),
+        CallError::DeadlineExceeded => ConsignmentError::DeadlineExceeded(service.to_owned()),
+        CallError::Refused(status) => match status.code() {
+            Code::NotFound => ConsignmentError::NoVesselFits(status.message().to_owned()),
+            Code::Cancelled => ConsignmentError::DeadlineExceeded(service.to_owned()),
+            _ => ConsignmentError::Internal(anyhow::anyhow!(
+                "{service} failed FindAvailable: {status}"
+            )),
+        },
     }
 }
 
@@ -160,7 +160,9 @@ mod tests {
     fn a_missing_vessel_keeps_vessel_services_message() {
         let err = vessel_error(
             "shippy.service.vessel",
-            tonic::Status::not_found("no vessel can carry 3 containers weighing 900000 kg"),
+            CallError::Refused(tonic::Status::not_found(
+                "no vessel can carry 3 containers weighing 900000 kg",
+            )),
         );
         let status = tonic::Status::from(err);
         assert_eq!(status.code(), Code::NotFound);

@@ -2,25 +2,28 @@
 //!
 //! [`Discovery::spawn`] reads the service's instances once, then follows a
 //! watch from that read's revision + 1, so no change is missed or seen twice.
-//! Each instance becomes an endpoint of a load-balanced tonic [`Channel`]: a
-//! call never reads etcd. When the watch breaks, it resumes from the last
+//! The instances feed a [`Pool`] that spreads calls over them and fails over
+//! from an unreachable one: a call never reads etcd. When the watch breaks, it resumes from the last
 //! revision seen; when that revision has been compacted away, it reads again
 //! and applies the difference. While etcd is down the last known instances
 //! stay in use.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::channel::Change;
+use tokio::time::Instant;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::pool::{CallError, Member, Members, Pool};
 use crate::record::{AdvertiseAddr, Instance, KeySpace, decode_instance, instance_key_from};
 
 /// How long a read of the instances may take before it counts as failed.
@@ -31,23 +34,20 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first and the longest pause between attempts while etcd is unreachable.
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(3);
-/// How many endpoint changes may queue for the balancer, which only takes
-/// them when a call is made; generous so an idle service never stalls here.
-const CHANGE_BUFFER: usize = 1024;
 
 /// The instances of one service known right now, by etcd key.
 pub type InstanceMap = BTreeMap<String, AdvertiseAddr>;
 
-/// A live view of one service's instances and a channel balanced across them.
+/// A live view of one service's instances, and calls spread over them.
 ///
 /// Dropping it stops following etcd.
 #[derive(Debug)]
 pub struct Discovery {
     /// The service name, for error messages.
     service: String,
-    /// Balances calls over the current instances.
-    channel: Channel,
-    /// The instances the channel currently holds.
+    /// Spreads calls over the current instances.
+    pool: Pool,
+    /// The instances' addresses, for watchers.
     instances: watch::Receiver<Arc<InstanceMap>>,
     /// The follower task, aborted on drop.
     task: JoinHandle<()>,
@@ -62,19 +62,19 @@ impl Discovery {
     /// itself. If etcd does not answer, following starts anyway and
     /// instances are added as soon as it does.
     pub async fn start(client: Client, keys: &KeySpace, service: &str) -> Self {
-        let (channel, changes) = Channel::balance_channel(CHANGE_BUFFER);
         let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
+        let (members_tx, members) = watch::channel(Members::default());
         let mut follower = Follower {
             client,
             service: service.to_owned(),
             prefix: keys.service_prefix(service),
-            changes,
-            known: InstanceMap::new(),
+            known: BTreeMap::new(),
             published,
+            members: members_tx,
             etcd_failing: false,
         };
         let first_read = match follower.resync().await {
-            Ok(revision) => revision,
+            Ok(revision) => Some(revision),
             Err(err) => {
                 follower.failed(&err);
                 None
@@ -82,7 +82,7 @@ impl Discovery {
         };
         Self {
             service: service.to_owned(),
-            channel,
+            pool: Pool::new(members),
             instances,
             task: tokio::spawn(follower.run(first_read)),
         }
@@ -93,15 +93,19 @@ impl Discovery {
         &self.service
     }
 
-    /// A channel that balances calls over the current instances. Cheap to clone.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// Whether any instance is known.
+    pub fn has_instances(&self) -> bool {
+        !self.pool.is_empty()
     }
 
-    /// Whether any instance is known; a call made when none is would wait
-    /// for one until its deadline.
-    pub fn has_instances(&self) -> bool {
-        !self.instances.borrow().is_empty()
+    /// Runs an idempotent `call` on one instance, moving on to another while
+    /// instances are unreachable, until `deadline`. See [`Pool::call`].
+    pub async fn call<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, CallError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.pool.call(deadline, call).await
     }
 
     /// A receiver that sees the instance map every time it changes.
@@ -156,11 +160,9 @@ enum WatchEnd {
         /// The newest revision already applied.
         last_seen: i64,
     },
-    /// The channel was dropped: nobody needs the instances any more.
-    Unused,
 }
 
-/// The background task that mirrors etcd into the balanced channel.
+/// The background task that mirrors etcd into the pool.
 struct Follower {
     /// Shared with the rest of the process; cheap to clone.
     client: Client,
@@ -168,12 +170,12 @@ struct Follower {
     service: String,
     /// `<prefix>/<service>/`, the keys followed.
     prefix: String,
-    /// Feeds endpoint inserts and removals to the balanced channel.
-    changes: mpsc::Sender<Change<String, Endpoint>>,
-    /// What the channel holds now, to diff a fresh read against.
-    known: InstanceMap,
-    /// Publishes `known` after every change.
+    /// The members now, to diff a fresh read against.
+    known: BTreeMap<String, Arc<Member>>,
+    /// Publishes the instances' addresses after every change.
     published: watch::Sender<Arc<InstanceMap>>,
+    /// Publishes the members to the pool after every change.
+    members: watch::Sender<Members>,
     /// Whether the last attempt failed, so an outage is logged once.
     etcd_failing: bool,
 }
@@ -187,8 +189,7 @@ impl Follower {
             let revision = match resume_after {
                 Some(revision) => revision,
                 None => match self.resync().await {
-                    Ok(Some(revision)) => revision,
-                    Ok(None) => return,
+                    Ok(revision) => revision,
                     Err(err) => {
                         self.failed(&err);
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -197,7 +198,6 @@ impl Follower {
                 },
             };
             match self.follow(revision + 1).await {
-                WatchEnd::Unused => return,
                 WatchEnd::Compacted => {
                     info!(service = %self.service, "watch history compacted; reading instances again");
                     resume_after = None;
@@ -213,9 +213,9 @@ impl Follower {
         }
     }
 
-    /// Reads all instances and applies the difference to the channel.
-    /// Returns the read's revision, or `None` when the channel is gone.
-    async fn resync(&mut self) -> anyhow::Result<Option<i64>> {
+    /// Reads all instances and applies the difference to the pool.
+    /// Returns the read's revision.
+    async fn resync(&mut self) -> anyhow::Result<i64> {
         let (instances, revision) = read_instances(&mut self.client, &self.prefix).await?;
         self.recovered();
         let fresh: InstanceMap = instances
@@ -229,17 +229,13 @@ impl Follower {
             .cloned()
             .collect();
         for key in gone {
-            if !self.remove(&key).await {
-                return Ok(None);
-            }
+            self.remove(&key);
         }
         for (key, address) in fresh {
-            if !self.insert(key, address).await {
-                return Ok(None);
-            }
+            self.insert(key, address);
         }
         self.publish();
-        Ok(Some(revision))
+        Ok(revision)
     }
 
     /// Applies watch events from `start_revision` on until the stream ends.
@@ -288,15 +284,13 @@ impl Follower {
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 last_seen = last_seen.max(kv.mod_revision());
-                let applied = match event.event_type() {
-                    EventType::Put => self.apply_put(kv.key(), kv.value()).await,
-                    EventType::Delete => match instance_key_from(&self.prefix, kv.key()) {
-                        Ok(key) => self.remove(&key).await,
-                        Err(_) => true,
-                    },
-                };
-                if !applied {
-                    return WatchEnd::Unused;
+                match event.event_type() {
+                    EventType::Put => self.apply_put(kv.key(), kv.value()),
+                    EventType::Delete => {
+                        if let Ok(key) = instance_key_from(&self.prefix, kv.key()) {
+                            self.remove(&key);
+                        }
+                    }
                 }
             }
             if !response.events().is_empty() {
@@ -308,55 +302,58 @@ impl Follower {
     /// Adds or updates the instance a put event describes. A malformed record
     /// is skipped with a warning and, if its key was known, removed: its old
     /// address can no longer be trusted.
-    async fn apply_put(&mut self, key: &[u8], value: &[u8]) -> bool {
+    fn apply_put(&mut self, key: &[u8], value: &[u8]) {
         match decode_instance(&self.prefix, key, value) {
-            Ok(instance) => self.insert(instance.key, instance.record.address).await,
+            Ok(instance) => self.insert(instance.key, instance.record.address),
             Err(err) => {
                 warn!(error = %err, "skipping malformed service record");
-                match instance_key_from(&self.prefix, key) {
-                    Ok(key) => self.remove(&key).await,
-                    Err(_) => true,
+                if let Ok(key) = instance_key_from(&self.prefix, key) {
+                    self.remove(&key);
                 }
             }
         }
     }
 
-    /// Adds an instance to the channel unless it is already there unchanged.
-    /// Returns false when the channel is gone.
-    async fn insert(&mut self, key: String, address: AdvertiseAddr) -> bool {
-        if self.known.get(&key) == Some(&address) {
-            return true;
+    /// Adds an instance unless it is already there unchanged.
+    fn insert(&mut self, key: String, address: AdvertiseAddr) {
+        if self
+            .known
+            .get(&key)
+            .is_some_and(|member| *member.address() == address)
+        {
+            return;
         }
-        let endpoint = match Endpoint::from_shared(address.http_uri()) {
-            Ok(endpoint) => endpoint.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true),
+        let channel = match Endpoint::from_shared(address.http_uri()) {
+            Ok(endpoint) => endpoint
+                .connect_timeout(DIAL_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy(),
             Err(err) => {
                 warn!(%key, %address, error = %err, "skipping instance with an undialable address");
-                return true;
+                return;
             }
         };
         info!(service = %self.service, %key, %address, "instance added");
-        self.known.insert(key.clone(), address);
-        self.changes
-            .send(Change::Insert(key, endpoint))
-            .await
-            .is_ok()
+        let member = Member::new(key.clone(), address, channel);
+        self.known.insert(key, Arc::new(member));
     }
 
-    /// Removes an instance from the channel if it is there.
-    /// Returns false when the channel is gone.
-    async fn remove(&mut self, key: &str) -> bool {
-        if self.known.remove(key).is_none() {
-            return true;
+    /// Removes an instance if it is there.
+    fn remove(&mut self, key: &str) {
+        if self.known.remove(key).is_some() {
+            info!(service = %self.service, %key, "instance removed");
         }
-        info!(service = %self.service, %key, "instance removed");
-        self.changes
-            .send(Change::Remove(key.to_owned()))
-            .await
-            .is_ok()
     }
 
     fn publish(&self) {
-        self.published.send_replace(Arc::new(self.known.clone()));
+        let addresses = self
+            .known
+            .iter()
+            .map(|(key, member)| (key.clone(), member.address().clone()))
+            .collect();
+        self.published.send_replace(Arc::new(addresses));
+        self.members
+            .send_replace(Arc::new(self.known.values().cloned().collect()));
     }
 
     fn failed(&mut self, err: &anyhow::Error) {

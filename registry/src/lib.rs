@@ -3,8 +3,9 @@
 //! - [`record`]: the key layout and the JSON record stored per instance.
 //! - [`registration`]: keeps an instance's record on a renewed lease and
 //!   removes it on stop.
-//! - [`discovery`]: follows a service's instances and balances calls across
-//!   them through one tonic channel.
+//! - [`discovery`]: follows a service's instances in etcd.
+//! - [`pool`]: spreads calls over those instances and fails over from an
+//!   unreachable one.
 //! - [`server`]: the bind → serve → register → deregister → drain lifecycle
 //!   both services share.
 //! - [`config`]: the clap settings for all of the above.
@@ -16,6 +17,7 @@ mod backoff;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
+pub mod pool;
 pub mod record;
 pub mod registration;
 pub mod server;
