@@ -33,7 +33,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first and the longest pause between attempts while etcd is unreachable.
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(3);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The instances of one service known right now, by etcd key.
 pub type InstanceMap = BTreeMap<String, AdvertiseAddr>;

@@ -1,19 +1,25 @@
 //! Keeping one instance's record in etcd for as long as the process serves.
 //!
 //! [`Registration::spawn`] starts a background task that puts the record on a
-//! lease and renews the lease at a third of its TTL. The task survives etcd
-//! outages: it retries with backoff, renews the same lease when etcd comes
-//! back, and grants a new lease (putting the key again) when etcd says the old
-//! one has expired. [`Registration::deregister`] revokes the lease, which
-//! deletes the key at once instead of leaving callers a dead address until
-//! the TTL runs out.
+//! lease, renews the lease every third of its TTL, and watches its own key.
+//! It survives what etcd and operators do to it:
+//!
+//! - etcd unreachable: retry with backoff (at most a second apart), then
+//!   renew the same lease, putting the key again to be sure it is there;
+//! - lease gone (expired, revoked, or lost): grant a new one and put the key;
+//! - key deleted behind its back: put it back on the same lease at once.
+//!
+//! The task starts whether or not etcd is up. [`Registration::deregister`]
+//! revokes the lease, which deletes the key at once instead of leaving
+//! callers a dead address until the TTL runs out.
 
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -24,7 +30,7 @@ use crate::record::ServiceRecord;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first and the longest pause between attempts while etcd is unreachable.
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(3);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Where the instance's registration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,12 +124,22 @@ impl Drop for Registration {
     }
 }
 
-/// How a keep-alive session ended.
-enum KeepAliveEnd {
-    /// etcd no longer knows the lease: the key is gone and must be put again.
+/// How holding the registration on one lease ended.
+enum HoldEnd {
+    /// etcd no longer knows the lease: a new one is needed.
     LeaseExpired,
+    /// Someone deleted the key; the lease may still be good.
+    KeyDeleted,
     /// etcd could not be reached; the lease may still be alive.
     Unreachable(anyhow::Error),
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: i64,
+    /// The TTL etcd granted, which may exceed the one asked for.
+    ttl_secs: i64,
 }
 
 /// The background task's state.
@@ -144,108 +160,161 @@ struct Keeper {
 }
 
 impl Keeper {
+    /// Keeps the key in etcd until stopped, then revokes the lease.
     async fn run(mut self) {
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        let mut lease: Option<(i64, i64)> = None;
+        let mut lease: Option<Lease> = None;
+        let stop = self.stop.clone();
         loop {
-            let (lease_id, granted_ttl) = match lease {
-                Some(lease) => lease,
-                None => {
-                    let stop = self.stop.clone();
-                    match stop.run_until_cancelled(self.put_on_new_lease()).await {
-                        None => break,
-                        Some(Ok(granted)) => {
-                            self.recovered();
-                            info!(key = %self.key, lease = format_args!("{:x}", granted.0), ttl_secs = granted.1, "registered in etcd");
-                            self.state.send_replace(RegistrationState::Registered);
-                            backoff.reset();
-                            lease = Some(granted);
-                            granted
-                        }
-                        Some(Err(err)) => {
-                            self.failed(&err);
-                            if self.pause(backoff.next_delay()).await {
-                                break;
-                            }
-                            continue;
-                        }
+            let current = match lease {
+                Some(current) => current,
+                None => match stop.run_until_cancelled(self.grant()).await {
+                    None => break,
+                    Some(Ok(granted)) => {
+                        lease = Some(granted);
+                        granted
                     }
-                }
+                    Some(Err(err)) => {
+                        self.failed(&err);
+                        if self.pause(backoff.next_delay()).await {
+                            break;
+                        }
+                        continue;
+                    }
+                },
             };
-            let stop = self.stop.clone();
-            match stop
-                .run_until_cancelled(self.keep_alive(lease_id, granted_ttl))
-                .await
-            {
+            let started = Instant::now();
+            let end = match stop.run_until_cancelled(self.hold(current)).await {
                 None => break,
-                Some(KeepAliveEnd::LeaseExpired) => {
-                    warn!(key = %self.key, "lease expired in etcd; registering again");
-                    self.state.send_replace(RegistrationState::Registering);
+                Some(end) => end,
+            };
+            match end {
+                HoldEnd::LeaseExpired => {
+                    warn!(key = %self.key, "lease gone from etcd; registering on a new lease");
+                    self.set_state(RegistrationState::Registering);
                     lease = None;
                 }
-                Some(KeepAliveEnd::Unreachable(err)) => {
+                HoldEnd::KeyDeleted => {
+                    warn!(key = %self.key, "key deleted from etcd; putting it back");
+                    self.set_state(RegistrationState::Registering);
+                }
+                HoldEnd::Unreachable(err) => {
                     self.failed(&err);
                     if self.pause(backoff.next_delay()).await {
                         break;
                     }
+                    continue;
                 }
             }
+            // Put the key back at once, unless it keeps vanishing.
+            if started.elapsed() < RETRY_MAX {
+                if self.pause(backoff.next_delay()).await {
+                    break;
+                }
+            } else {
+                backoff.reset();
+            }
         }
-        if let Some((lease_id, _)) = lease {
-            self.revoke(lease_id).await;
+        if let Some(lease) = lease {
+            self.revoke(lease.id).await;
         }
-        self.state.send_replace(RegistrationState::Deregistered);
+        self.set_state(RegistrationState::Deregistered);
     }
 
-    /// Grants a lease and puts the record on it; returns the lease id and the
-    /// TTL etcd granted (which may be larger than asked for).
-    async fn put_on_new_lease(&mut self) -> anyhow::Result<(i64, i64)> {
+    /// Grants a lease of the configured TTL.
+    async fn grant(&mut self) -> anyhow::Result<Lease> {
         let grant = within(self.client.lease_grant(self.ttl_secs, None))
             .await
             .context("granting a lease")?;
-        let options = PutOptions::new().with_lease(grant.id());
-        within(
+        Ok(Lease {
+            id: grant.id(),
+            ttl_secs: grant.ttl(),
+        })
+    }
+
+    /// Puts the record on `lease`, then renews the lease every third of its
+    /// TTL while watching the key, until something goes wrong.
+    async fn hold(&mut self, lease: Lease) -> HoldEnd {
+        let options = PutOptions::new().with_lease(lease.id);
+        let put = within(
             self.client
                 .put(self.key.as_str(), self.value.as_str(), Some(options)),
         )
-        .await
-        .context("putting the service record")?;
-        Ok((grant.id(), grant.ttl()))
-    }
-
-    /// Renews the lease every third of its TTL until etcd fails or the lease is gone.
-    async fn keep_alive(&mut self, lease_id: i64, ttl_secs: i64) -> KeepAliveEnd {
-        let period = Duration::from_secs(ttl_secs.max(1).unsigned_abs()) / 3;
-        let (mut keeper, mut responses) = match within(self.client.lease_keep_alive(lease_id)).await
+        .await;
+        let revision = match put {
+            Ok(response) => response.header().map_or(0, |header| header.revision()),
+            Err(err) if err.downcast_ref().is_some_and(lease_not_found) => {
+                return HoldEnd::LeaseExpired;
+            }
+            Err(err) => return HoldEnd::Unreachable(err.context("putting the service record")),
+        };
+        // Watching from just after our own put, so a delete cannot slip in
+        // between the put and the watch.
+        let watch_options = WatchOptions::new().with_start_revision(revision + 1);
+        let mut key_watch = match within(self.client.watch(self.key.as_str(), Some(watch_options)))
+            .await
         {
+            Ok(stream) => stream,
+            Err(err) => return HoldEnd::Unreachable(err.context("watching the service record")),
+        };
+        let (mut keeper, mut answers) = match within(self.client.lease_keep_alive(lease.id)).await {
             Ok(pair) => pair,
             Err(err) if err.downcast_ref().is_some_and(lease_not_found) => {
-                return KeepAliveEnd::LeaseExpired;
+                return HoldEnd::LeaseExpired;
             }
-            Err(err) => return KeepAliveEnd::Unreachable(err.context("opening keep-alive stream")),
+            Err(err) => return HoldEnd::Unreachable(err.context("opening keep-alive stream")),
         };
-        let mut ticker = tokio::time::interval(period);
+        self.recovered();
+        if *self.state.borrow() != RegistrationState::Registered {
+            info!(key = %self.key, lease = format_args!("{:x}", lease.id), ttl_secs = lease.ttl_secs, "registered in etcd");
+            self.set_state(RegistrationState::Registered);
+        }
+
+        let period = Duration::from_secs(lease.ttl_secs.max(1).unsigned_abs()) / 3;
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         loop {
-            ticker.tick().await;
-            if let Err(err) = keeper.keep_alive().await {
-                return KeepAliveEnd::Unreachable(anyhow!(err).context("sending keep-alive"));
-            }
-            match tokio::time::timeout(period.max(REQUEST_TIMEOUT), responses.message()).await {
-                Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
-                    self.recovered();
-                    debug!(key = %self.key, ttl_secs = answer.ttl(), "lease renewed");
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(err) = keeper.keep_alive().await {
+                        return HoldEnd::Unreachable(anyhow!(err).context("sending keep-alive"));
+                    }
+                    match tokio::time::timeout(period.max(REQUEST_TIMEOUT), answers.message()).await {
+                        Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                            debug!(key = %self.key, ttl_secs = answer.ttl(), "lease renewed");
+                        }
+                        Ok(Ok(Some(_))) => return HoldEnd::LeaseExpired,
+                        Ok(Err(err)) if lease_not_found(&err) => return HoldEnd::LeaseExpired,
+                        Ok(Ok(None)) => {
+                            return HoldEnd::Unreachable(anyhow!("keep-alive stream closed by etcd"));
+                        }
+                        Ok(Err(err)) => {
+                            return HoldEnd::Unreachable(anyhow!(err).context("keep-alive stream"));
+                        }
+                        Err(_) => {
+                            return HoldEnd::Unreachable(anyhow!("etcd did not answer a keep-alive"));
+                        }
+                    }
                 }
-                Ok(Ok(Some(_))) => return KeepAliveEnd::LeaseExpired,
-                Ok(Ok(None)) => {
-                    return KeepAliveEnd::Unreachable(anyhow!("keep-alive stream closed by etcd"));
-                }
-                Ok(Err(err)) if lease_not_found(&err) => return KeepAliveEnd::LeaseExpired,
-                Ok(Err(err)) => {
-                    return KeepAliveEnd::Unreachable(anyhow!(err).context("keep-alive stream"));
-                }
-                Err(_) => {
-                    return KeepAliveEnd::Unreachable(anyhow!("etcd did not answer a keep-alive"));
-                }
+                event = key_watch.message() => match event {
+                    Ok(Some(response)) => {
+                        let deleted = response
+                            .events()
+                            .iter()
+                            .any(|event| event.event_type() == EventType::Delete);
+                        if deleted {
+                            return HoldEnd::KeyDeleted;
+                        }
+                        if response.canceled() {
+                            return HoldEnd::Unreachable(anyhow!("watch on the service record canceled"));
+                        }
+                    }
+                    Ok(None) => {
+                        return HoldEnd::Unreachable(anyhow!("watch on the service record closed"));
+                    }
+                    Err(err) => {
+                        return HoldEnd::Unreachable(anyhow!(err).context("watching the service record"));
+                    }
+                },
             }
         }
     }
@@ -278,6 +347,10 @@ impl Keeper {
             warn!(key = %self.key, error = format!("{err:#}"), "etcd unreachable; will keep retrying");
             self.etcd_failing = true;
         }
+    }
+
+    fn set_state(&self, state: RegistrationState) {
+        self.state.send_replace(state);
     }
 
     fn recovered(&mut self) {

@@ -95,32 +95,103 @@ async fn the_lease_is_renewed_beyond_its_ttl() {
     registration.deregister().await;
 }
 
+/// How soon a registration must be back after etcd or an operator removed it.
+const RECOVERY: Duration = Duration::from_secs(2);
+
+/// The lease the key sits on, if the key exists.
+async fn lease_of(etcd: &Etcd, key: &str) -> Option<i64> {
+    let mut reader = etcd.client().await.unwrap();
+    let found = reader.get(key, None).await.unwrap();
+    found.kvs().first().map(|kv| kv.lease())
+}
+
 #[tokio::test]
-async fn a_revoked_lease_is_replaced_and_the_key_put_again() {
+async fn a_revoked_lease_is_replaced_and_the_key_put_back_within_2s() {
     let server = Etcd::start().await.unwrap();
     let key = KeySpace::new("/p").instance_key(SERVICE, "again");
     let registration = Registration::spawn(
         connect(&server).await,
         key.clone(),
         &record("again", "127.0.0.1:4000"),
-        Duration::from_secs(3),
+        Duration::from_secs(10),
     );
     registered(&registration).await;
+    let lease = lease_of(&server, &key).await.unwrap();
 
-    let mut reader = server.client().await.unwrap();
-    let lease = reader.get(key.as_str(), None).await.unwrap().kvs()[0].lease();
-    reader.lease_revoke(lease).await.unwrap();
+    server
+        .client()
+        .await
+        .unwrap()
+        .lease_revoke(lease)
+        .await
+        .unwrap();
 
-    wait_until(DEADLINE, "the key to come back on a new lease", || {
-        let mut reader = reader.clone();
-        let key = key.clone();
-        async move {
-            let found = reader.get(key.as_str(), None).await.unwrap();
-            found.kvs().first().is_some_and(|kv| kv.lease() != lease)
-        }
+    wait_until(RECOVERY, "the key back on a new lease", || async {
+        lease_of(&server, &key)
+            .await
+            .is_some_and(|now| now != lease)
     })
     .await
     .unwrap();
+    registration.deregister().await;
+}
+
+#[tokio::test]
+async fn a_deleted_key_is_put_back_within_2s() {
+    let server = Etcd::start().await.unwrap();
+    let key = KeySpace::new("/p").instance_key(SERVICE, "deleted");
+    let registration = Registration::spawn(
+        connect(&server).await,
+        key.clone(),
+        &record("deleted", "127.0.0.1:4000"),
+        Duration::from_secs(10),
+    );
+    registered(&registration).await;
+    let lease = lease_of(&server, &key).await.unwrap();
+
+    for _ in 0..3 {
+        server
+            .client()
+            .await
+            .unwrap()
+            .delete(key.as_str(), None)
+            .await
+            .unwrap();
+        wait_until(RECOVERY, "the deleted key back", || async {
+            lease_of(&server, &key).await == Some(lease)
+        })
+        .await
+        .unwrap();
+    }
+    registration.deregister().await;
+    assert_eq!(lease_of(&server, &key).await, None);
+}
+
+#[tokio::test]
+async fn a_registration_started_before_etcd_lands_once_etcd_answers() {
+    let mut server = Etcd::not_started().unwrap();
+    let key = KeySpace::new("/p").instance_key(SERVICE, "early");
+    let registration = Registration::spawn(
+        connect(&server).await,
+        key.clone(),
+        &record("early", "127.0.0.1:4000"),
+        Duration::from_secs(10),
+    );
+    // Long enough for several failed attempts, which must not end the task.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        *registration.state().borrow(),
+        RegistrationState::Registering
+    );
+
+    server.restart().await.unwrap();
+
+    wait_until(RECOVERY, "the key once etcd answers", || async {
+        lease_of(&server, &key).await.is_some()
+    })
+    .await
+    .unwrap();
+    registered(&registration).await;
     registration.deregister().await;
 }
 

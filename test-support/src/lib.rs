@@ -72,18 +72,24 @@ pub struct Etcd {
 impl Etcd {
     /// Starts a single-member etcd on free loopback ports and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
+        let mut etcd = Self::not_started()?;
+        etcd.restart().await?;
+        Ok(etcd)
+    }
+
+    /// Picks the ports and data dir of an etcd without starting it, for
+    /// tests of what happens before etcd is up; [`Etcd::restart`] starts it.
+    pub fn not_started() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shippy-etcd-")
             .tempdir()
             .context("creating etcd temp dir")?;
-        let mut etcd = Self {
+        Ok(Self {
             process: None,
             endpoint: format!("http://127.0.0.1:{}", free_port()?),
             peer_port: free_port()?,
             dir,
-        };
-        etcd.restart().await?;
-        Ok(etcd)
+        })
     }
 
     /// The client URL, e.g. `http://127.0.0.1:23791`.
