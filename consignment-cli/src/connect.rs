@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use shippy_registry::discovery::read_instances;
-use shippy_registry::{AdvertiseAddr, RegistryArgs, etcd};
+use shippy_registry::etcd::EtcdClient;
+use shippy_registry::{AdvertiseAddr, RegistryArgs};
 use tonic::transport::{Channel, Endpoint};
 
 /// How long dialing one instance may take before trying the next.
@@ -21,9 +22,9 @@ pub async fn channel(
     if let Some(address) = address {
         return dial(address).await;
     }
-    let mut client = etcd::connect(&registry.etcd_endpoints).await?;
+    let mut etcd = EtcdClient::connect(&registry.etcd_endpoints).await?;
     let prefix = registry.key_space().service_prefix(service);
-    let (instances, _) = read_instances(&mut client, &prefix)
+    let (instances, _) = read_instances(&mut etcd, &prefix)
         .await
         .with_context(|| format!("cannot reach etcd at {}", registry.etcd_endpoints.join(",")))?;
     if instances.is_empty() {

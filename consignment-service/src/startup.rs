@@ -4,7 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use shippy_proto::consignment::v1::shipping_service_server::ShippingServiceServer;
-use shippy_registry::{Discovery, RegisteredServer, etcd};
+use shippy_registry::etcd::EtcdClient;
+use shippy_registry::{Discovery, RegisteredServer};
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tracing::info;
@@ -29,7 +30,7 @@ impl Application {
     /// vessel-service in etcd and prepares registration. A missing etcd is
     /// not an error: both registration and discovery retry until it answers.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let client = etcd::connect(&config.registry.etcd_endpoints).await?;
+        let client = EtcdClient::connect(&config.registry.etcd_endpoints).await?;
         // Discovery's first read completes before this instance registers, so
         // a caller that finds this instance finds it ready to place consignments.
         let discovery = Discovery::start(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
-use shippy_test_support::{ChildGuard, Etcd, wait_until, workspace_bin};
+use shippy_test_support::{ChildGuard, Etcd, EtcdCluster, wait_until, workspace_bin};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tonic::Request;
@@ -36,9 +36,26 @@ fn spawn(package: &str, endpoints: &str, logs: &Path, name: &str) -> ChildGuard 
     ChildGuard::spawn_logged(&mut command, &logs.join(format!("{name}.log"))).unwrap()
 }
 
-/// The registered addresses under `prefix`, by key.
-async fn registered(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
-    etcd.get_prefix(prefix)
+/// Anything the registrations can be read from: one etcd or a cluster.
+trait Registry {
+    async fn keys_and_values(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>>;
+}
+
+impl Registry for Etcd {
+    async fn keys_and_values(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.get_prefix(prefix).await
+    }
+}
+
+impl Registry for EtcdCluster {
+    async fn keys_and_values(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.get_prefix(prefix).await
+    }
+}
+
+/// The registered addresses under `prefix`, by key; empty while etcd is down.
+async fn registered(etcd: &impl Registry, prefix: &str) -> Vec<(String, String)> {
+    etcd.keys_and_values(prefix)
         .await
         .unwrap_or_default()
         .into_iter()
@@ -49,7 +66,7 @@ async fn registered(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn wait_for_count(etcd: &Etcd, prefix: &str, count: usize, within: Duration) {
+async fn wait_for_count(etcd: &impl Registry, prefix: &str, count: usize, within: Duration) {
     wait_until(
         within,
         &format!("{count} instance(s) under {prefix}"),
@@ -57,6 +74,43 @@ async fn wait_for_count(etcd: &Etcd, prefix: &str, count: usize, within: Duratio
     )
     .await
     .unwrap();
+}
+
+/// Waits until a process's log contains `text`.
+async fn wait_for_log(process: &ChildGuard, text: &str) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{text:?} in the log"),
+        || async { process.log().contains(text) },
+    )
+    .await
+    .unwrap();
+}
+
+/// Asserts that both registrations stay in etcd for `period`. A read that
+/// fails (etcd electing a leader) proves nothing either way and is skipped.
+async fn registrations_hold(etcd: &impl Registry, period: Duration) {
+    let until = Instant::now() + period;
+    let mut reads = 0;
+    while Instant::now() < until {
+        if let Ok(found) = etcd.keys_and_values("/shippy/services/").await {
+            let keys: Vec<_> = found.into_iter().map(|(key, _)| key).collect();
+            assert!(
+                keys.iter().any(|k| k.starts_with(VESSELS)),
+                "vessel key lost: {keys:?}"
+            );
+            assert!(
+                keys.iter().any(|k| k.starts_with(CONSIGNMENTS)),
+                "consignment key lost: {keys:?}"
+            );
+            reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reads > 0,
+        "etcd never answered while checking registrations"
+    );
 }
 
 fn sample() -> pb::Consignment {
@@ -141,9 +195,24 @@ async fn progress(load: &Load, more: u64) {
     .unwrap();
 }
 
-async fn consignment_address(etcd: &Etcd) -> SocketAddr {
+async fn consignment_address(etcd: &impl Registry) -> SocketAddr {
     let found = registered(etcd, CONSIGNMENTS).await;
     found[0].1.parse().unwrap()
+}
+
+/// Asserts that the load ran without a single failed request; on failure
+/// shows the errors consignment-service logged.
+fn no_failures(succeeded: u64, failures: &[String], consignments: &ChildGuard) {
+    let log = consignments.log();
+    let errors: Vec<_> = log.lines().filter(|line| line.contains("ERROR")).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, first: {}\nconsignment-service errors:\n{}",
+        failures.len(),
+        succeeded + failures.len() as u64,
+        failures[0],
+        errors.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +225,7 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
     let doomed_key = registered(&etcd, VESSELS).await[0].0.clone();
     let _survivor = spawn("vessel-service", &endpoint, logs.path(), "vessel-b");
     wait_for_count(&etcd, VESSELS, 2, Duration::from_secs(10)).await;
-    let _consignments = spawn("consignment-service", &endpoint, logs.path(), "consignment");
+    let consignments = spawn("consignment-service", &endpoint, logs.path(), "consignment");
     wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(10)).await;
     let load = Load::start(consignment_address(&etcd).await, 4).await;
     progress(&load, 50).await;
@@ -179,12 +248,116 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
     progress(&load, 50).await;
     let (succeeded, failures) = load.finish().await;
 
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed, first: {}",
-        failures.len(),
-        succeeded + failures.len() as u64,
-        failures[0]
-    );
+    no_failures(succeeded, &failures, &consignments);
     assert!(expired_after <= Duration::from_secs(LEASE_TTL_SECS + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_one_of_two_vessel_instances_fails_no_request() {
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let endpoint = etcd.endpoint().to_owned();
+    let mut leaving = spawn("vessel-service", &endpoint, logs.path(), "vessel-a");
+    wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(10)).await;
+    let leaving_key = registered(&etcd, VESSELS).await[0].0.clone();
+    let _staying = spawn("vessel-service", &endpoint, logs.path(), "vessel-b");
+    wait_for_count(&etcd, VESSELS, 2, Duration::from_secs(10)).await;
+    let consignments = spawn("consignment-service", &endpoint, logs.path(), "consignment");
+    wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(10)).await;
+    let load = Load::start(consignment_address(&etcd).await, 4).await;
+    progress(&load, 50).await;
+
+    leaving.signal(Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let key_present = registered(&etcd, VESSELS)
+            .await
+            .iter()
+            .any(|(key, _)| *key == leaving_key);
+        let exited = leaving.try_exit().unwrap();
+        match exited {
+            Some(_) if key_present => panic!("exited before its key was removed"),
+            Some(status) => break status,
+            None => assert!(Instant::now() < deadline, "still running after SIGTERM"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    progress(&load, 50).await;
+    let (succeeded, failures) = load.finish().await;
+
+    assert!(status.success(), "{status}");
+    no_failures(succeeded, &failures, &consignments);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_crash_and_restart_fails_no_request_and_loses_no_registration() {
+    let mut etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let endpoint = etcd.endpoint().to_owned();
+    let vessels = spawn("vessel-service", &endpoint, logs.path(), "vessel");
+    wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(10)).await;
+    let consignments = spawn("consignment-service", &endpoint, logs.path(), "consignment");
+    wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(10)).await;
+    let load = Load::start(consignment_address(&etcd).await, 4).await;
+    progress(&load, 50).await;
+
+    etcd.kill();
+    // Both services notice the outage; requests keep succeeding meanwhile.
+    wait_for_log(&vessels, "etcd unreachable").await;
+    wait_for_log(&consignments, "etcd unreachable").await;
+    progress(&load, 100).await;
+    etcd.restart().await.unwrap();
+    let answering = Instant::now();
+    wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(2)).await;
+    wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(2)).await;
+    wait_for_log(&vessels, "etcd reachable again").await;
+    let recovered_after = answering.elapsed();
+    registrations_hold(&etcd, Duration::from_secs(LEASE_TTL_SECS + 1)).await;
+    progress(&load, 50).await;
+    let (succeeded, failures) = load.finish().await;
+
+    no_failures(succeeded, &failures, &consignments);
+    assert!(
+        recovered_after < Duration::from_secs(2),
+        "{recovered_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_member_of_a_three_member_etcd_cluster_changes_nothing() {
+    let mut cluster = EtcdCluster::start(3).await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let endpoints = cluster.endpoints();
+    let _vessels = spawn("vessel-service", &endpoints, logs.path(), "vessel");
+    wait_for_count(&cluster, VESSELS, 1, Duration::from_secs(10)).await;
+    let consignments = spawn(
+        "consignment-service",
+        &endpoints,
+        logs.path(),
+        "consignment",
+    );
+    wait_for_count(&cluster, CONSIGNMENTS, 1, Duration::from_secs(10)).await;
+    let load = Load::start(consignment_address(&cluster).await, 4).await;
+    progress(&load, 50).await;
+
+    cluster.member(0).unwrap().kill();
+    // Longer than two leases: only renewals through the other members keep the keys.
+    registrations_hold(&cluster, Duration::from_secs(2 * LEASE_TTL_SECS)).await;
+    progress(&load, 50).await;
+    let (succeeded, failures) = load.finish().await;
+
+    no_failures(succeeded, &failures, &consignments);
+}
+
+#[tokio::test]
+async fn a_service_started_before_etcd_registers_once_etcd_answers() {
+    let mut etcd = Etcd::not_started().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vessels = spawn("vessel-service", etcd.endpoint(), logs.path(), "vessel");
+    wait_for_log(&vessels, "etcd unreachable; will keep retrying").await;
+
+    etcd.restart().await.unwrap();
+
+    wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(2)).await;
+    wait_for_log(&vessels, "registered in etcd").await;
 }

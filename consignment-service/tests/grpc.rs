@@ -12,7 +12,8 @@ use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
 use shippy_proto::vessel::v1 as vessel_pb;
 use shippy_proto::vessel::v1::vessel_service_server::{VesselService, VesselServiceServer};
-use shippy_registry::{KeySpace, Registration, RegistrationState, ServiceRecord, etcd};
+use shippy_registry::etcd::EtcdClient;
+use shippy_registry::{KeySpace, Registration, RegistrationState, ServiceRecord};
 use shippy_test_support::Etcd;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -268,7 +269,9 @@ async fn the_callers_deadline_is_passed_on_to_vessel_service() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let registration = Registration::spawn(
-        etcd::connect(&[etcd.endpoint().to_owned()]).await.unwrap(),
+        EtcdClient::connect(&[etcd.endpoint().to_owned()])
+            .await
+            .unwrap(),
         KeySpace::new("/shippy/services").instance_key("shippy.service.vessel", "recorder"),
         &ServiceRecord {
             name: "shippy.service.vessel".into(),

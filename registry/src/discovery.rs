@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use anyhow::anyhow;
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::etcd::EtcdClient;
 use crate::pool::{CallError, Member, Members, Pool};
 use crate::record::{AdvertiseAddr, Instance, KeySpace, decode_instance, instance_key_from};
 
@@ -61,11 +62,11 @@ impl Discovery {
     /// that depends on `service` knows its instances before it advertises
     /// itself. If etcd does not answer, following starts anyway and
     /// instances are added as soon as it does.
-    pub async fn start(client: Client, keys: &KeySpace, service: &str) -> Self {
+    pub async fn start(etcd: EtcdClient, keys: &KeySpace, service: &str) -> Self {
         let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
         let (members_tx, members) = watch::channel(Members::default());
         let mut follower = Follower {
-            client,
+            etcd,
             service: service.to_owned(),
             prefix: keys.service_prefix(service),
             known: BTreeMap::new(),
@@ -121,17 +122,40 @@ impl Drop for Discovery {
 }
 
 /// Reads every decodable instance of the service under `service_prefix`,
-/// with the store revision the read saw. Malformed records are skipped with a
-/// warning each.
+/// with the store revision the read saw, trying each etcd member in turn
+/// until one answers. Malformed records are skipped with a warning each.
 pub async fn read_instances(
-    client: &mut Client,
+    etcd: &mut EtcdClient,
     service_prefix: &str,
 ) -> anyhow::Result<(Vec<Instance>, i64)> {
-    let request = client.get(service_prefix, Some(GetOptions::new().with_prefix()));
-    let response = tokio::time::timeout(READ_TIMEOUT, request)
-        .await
-        .map_err(|_| anyhow!("etcd did not answer within {READ_TIMEOUT:?}"))?
-        .with_context(|| format!("reading {service_prefix} from etcd"))?;
+    let mut attempts_left = etcd.endpoints().split(',').count();
+    loop {
+        let request = etcd
+            .client()
+            .get(service_prefix, Some(GetOptions::new().with_prefix()));
+        let failure = match tokio::time::timeout(READ_TIMEOUT, request).await {
+            Ok(Ok(response)) => return Ok(decode_response(service_prefix, &response)),
+            Ok(Err(err)) => anyhow!(err),
+            Err(_) => anyhow!("etcd did not answer within {READ_TIMEOUT:?}"),
+        };
+        let failure = failure.context(format!("reading {service_prefix} from {}", etcd.endpoint()));
+        etcd.fail_over();
+        attempts_left -= 1;
+        if attempts_left == 0 {
+            return Err(failure);
+        }
+        debug!(
+            error = format!("{failure:#}"),
+            "trying the next etcd member"
+        );
+    }
+}
+
+/// The decodable instances in a read, and the read's revision.
+fn decode_response(
+    service_prefix: &str,
+    response: &etcd_client::GetResponse,
+) -> (Vec<Instance>, i64) {
     let revision = response.header().map_or(0, |header| header.revision());
     let instances = response
         .kvs()
@@ -146,7 +170,7 @@ pub async fn read_instances(
             },
         )
         .collect();
-    Ok((instances, revision))
+    (instances, revision)
 }
 
 /// How following the watch ended.
@@ -164,8 +188,8 @@ enum WatchEnd {
 
 /// The background task that mirrors etcd into the pool.
 struct Follower {
-    /// Shared with the rest of the process; cheap to clone.
-    client: Client,
+    /// Moves to another etcd member when one fails.
+    etcd: EtcdClient,
     /// The service name, for logs.
     service: String,
     /// `<prefix>/<service>/`, the keys followed.
@@ -216,7 +240,7 @@ impl Follower {
     /// Reads all instances and applies the difference to the pool.
     /// Returns the read's revision.
     async fn resync(&mut self) -> anyhow::Result<i64> {
-        let (instances, revision) = read_instances(&mut self.client, &self.prefix).await?;
+        let (instances, revision) = read_instances(&mut self.etcd, &self.prefix).await?;
         self.recovered();
         let fresh: InstanceMap = instances
             .into_iter()
@@ -244,7 +268,12 @@ impl Follower {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);
-        let mut stream = match self.client.watch(self.prefix.as_str(), Some(options)).await {
+        let mut stream = match self
+            .etcd
+            .client()
+            .watch(self.prefix.as_str(), Some(options))
+            .await
+        {
             Ok(stream) => stream,
             Err(err) => {
                 return WatchEnd::Broken {
@@ -356,7 +385,9 @@ impl Follower {
             .send_replace(Arc::new(self.known.values().cloned().collect()));
     }
 
+    /// Logs a failed etcd request (once per outage) and moves to the next member.
     fn failed(&mut self, err: &anyhow::Error) {
+        self.etcd.fail_over();
         if self.etcd_failing {
             debug!(service = %self.service, error = format!("{err:#}"), "etcd still unreachable");
         } else {

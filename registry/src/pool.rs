@@ -1,9 +1,10 @@
 //! Calling one of a service's instances, and another one when it is down.
 //!
 //! Each instance has its own lazily connected tonic channel. Calls go round
-//! robin; a call that fails because its instance is unreachable (UNAVAILABLE)
-//! is retried on the next instance within the caller's deadline, and the
-//! instance that failed is tried last for a while. A balancer that hides
+//! robin; a call that fails because its instance is unreachable (refused,
+//! reset, or UNAVAILABLE) is retried on the next instance within the
+//! caller's deadline, and the instance that failed is tried last for a
+//! while. A balancer that hides
 //! which endpoint failed cannot do this: it keeps choosing a dead instance
 //! (which fails fast, so looks idle) until its registration expires.
 //!
@@ -95,6 +96,15 @@ pub enum CallError {
     Refused(Status),
 }
 
+/// Whether a call failed because its instance could not be reached or went
+/// away mid-call (connection refused or reset), rather than because the
+/// instance answered with an error.
+fn unreachable(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        || std::error::Error::source(status)
+            .is_some_and(|source| source.is::<tonic::transport::Error>())
+}
+
 /// Round-robin calls with failover over a changing set of members.
 #[derive(Debug)]
 pub struct Pool {
@@ -141,7 +151,7 @@ impl Pool {
                     member.record(true);
                     return Ok(answer);
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if unreachable(&status) => {
                     warn!(
                         key = %member.key,
                         address = %member.address,

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use etcd_client::{Client, EventType, PutOptions, WatchOptions};
+use etcd_client::{EventType, PutOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::etcd::EtcdClient;
 use crate::record::ServiceRecord;
 
 /// How long a single etcd request may take before it counts as failed.
@@ -61,15 +62,15 @@ impl Registration {
     /// Starts keeping `record` under `key` on a lease of `ttl`.
     ///
     /// Returns at once; the record appears in etcd as soon as etcd answers.
-    pub fn spawn(client: Client, key: String, record: &ServiceRecord, ttl: Duration) -> Self {
+    pub fn spawn(etcd: EtcdClient, key: String, record: &ServiceRecord, ttl: Duration) -> Self {
         let (state_tx, _) = watch::channel(RegistrationState::Registering);
-        Self::spawn_reporting(client, key, record, ttl, state_tx)
+        Self::spawn_reporting(etcd, key, record, ttl, state_tx)
     }
 
     /// Like [`Registration::spawn`], publishing state changes on `state_tx`,
     /// whose receivers may have been handed out before the registration began.
     pub fn spawn_reporting(
-        client: Client,
+        etcd: EtcdClient,
         key: String,
         record: &ServiceRecord,
         ttl: Duration,
@@ -79,7 +80,7 @@ impl Registration {
         let state = state_tx.subscribe();
         let stop = CancellationToken::new();
         let keeper = Keeper {
-            client,
+            etcd,
             key: key.clone(),
             value: record.to_json(),
             ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
@@ -144,8 +145,8 @@ struct Lease {
 
 /// The background task's state.
 struct Keeper {
-    /// Shared with the rest of the process; cheap to clone.
-    client: Client,
+    /// Moves to another etcd member when one fails.
+    etcd: EtcdClient,
     /// The key this instance owns, and the JSON record stored under it.
     key: String,
     value: String,
@@ -223,7 +224,7 @@ impl Keeper {
 
     /// Grants a lease of the configured TTL.
     async fn grant(&mut self) -> anyhow::Result<Lease> {
-        let grant = within(self.client.lease_grant(self.ttl_secs, None))
+        let grant = within(self.etcd.client().lease_grant(self.ttl_secs, None))
             .await
             .context("granting a lease")?;
         Ok(Lease {
@@ -236,10 +237,11 @@ impl Keeper {
     /// TTL while watching the key, until something goes wrong.
     async fn hold(&mut self, lease: Lease) -> HoldEnd {
         let options = PutOptions::new().with_lease(lease.id);
-        let put = within(
-            self.client
-                .put(self.key.as_str(), self.value.as_str(), Some(options)),
-        )
+        let put = within(self.etcd.client().put(
+            self.key.as_str(),
+            self.value.as_str(),
+            Some(options),
+        ))
         .await;
         let revision = match put {
             Ok(response) => response.header().map_or(0, |header| header.revision()),
@@ -251,19 +253,24 @@ impl Keeper {
         // Watching from just after our own put, so a delete cannot slip in
         // between the put and the watch.
         let watch_options = WatchOptions::new().with_start_revision(revision + 1);
-        let mut key_watch = match within(self.client.watch(self.key.as_str(), Some(watch_options)))
-            .await
+        let mut key_watch = match within(
+            self.etcd
+                .client()
+                .watch(self.key.as_str(), Some(watch_options)),
+        )
+        .await
         {
             Ok(stream) => stream,
             Err(err) => return HoldEnd::Unreachable(err.context("watching the service record")),
         };
-        let (mut keeper, mut answers) = match within(self.client.lease_keep_alive(lease.id)).await {
-            Ok(pair) => pair,
-            Err(err) if err.downcast_ref().is_some_and(lease_not_found) => {
-                return HoldEnd::LeaseExpired;
-            }
-            Err(err) => return HoldEnd::Unreachable(err.context("opening keep-alive stream")),
-        };
+        let (mut keeper, mut answers) =
+            match within(self.etcd.client().lease_keep_alive(lease.id)).await {
+                Ok(pair) => pair,
+                Err(err) if err.downcast_ref().is_some_and(lease_not_found) => {
+                    return HoldEnd::LeaseExpired;
+                }
+                Err(err) => return HoldEnd::Unreachable(err.context("opening keep-alive stream")),
+            };
         self.recovered();
         if *self.state.borrow() != RegistrationState::Registered {
             info!(key = %self.key, lease = format_args!("{:x}", lease.id), ttl_secs = lease.ttl_secs, "registered in etcd");
@@ -321,7 +328,13 @@ impl Keeper {
 
     /// Revokes the lease so the key disappears now rather than at TTL expiry.
     async fn revoke(&mut self, lease_id: i64) {
-        match within(self.client.lease_revoke(lease_id)).await {
+        let mut result = within(self.etcd.client().lease_revoke(lease_id)).await;
+        if result.is_err() {
+            // One more try on another member, still bounded for a quick exit.
+            self.etcd.fail_over();
+            result = within(self.etcd.client().lease_revoke(lease_id)).await;
+        }
+        match result {
             Ok(_) => info!(key = %self.key, "deregistered from etcd"),
             Err(err) => warn!(
                 key = %self.key,
@@ -340,7 +353,9 @@ impl Keeper {
             .is_none()
     }
 
+    /// Logs a failed etcd request (once per outage) and moves to the next member.
     fn failed(&mut self, err: &anyhow::Error) {
+        self.etcd.fail_over();
         if self.etcd_failing {
             debug!(key = %self.key, error = format!("{err:#}"), "etcd still unreachable");
         } else {

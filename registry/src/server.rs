@@ -10,7 +10,6 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::Context;
-use etcd_client::Client;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -19,6 +18,7 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::config::{RegistryArgs, ServerArgs};
+use crate::etcd::EtcdClient;
 use crate::record::{AdvertiseAddr, ServiceRecord};
 use crate::registration::{Registration, RegistrationState};
 
@@ -30,7 +30,7 @@ pub struct RegisteredServer {
     key: String,
     record: ServiceRecord,
     /// Shared with the rest of the process (discovery uses it too).
-    etcd: Client,
+    etcd: EtcdClient,
     /// Lease TTL and grace period.
     args: ServerArgs,
     /// Sees registration state changes from the moment serving starts.
@@ -46,7 +46,7 @@ impl RegisteredServer {
     pub async fn bind(
         service_name: &str,
         args: &ServerArgs,
-        etcd: Client,
+        etcd: EtcdClient,
         registry: &RegistryArgs,
     ) -> anyhow::Result<Self> {
         let listen = args.listen;

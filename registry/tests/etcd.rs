@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
 use shippy_registry::discovery::read_instances;
+use shippy_registry::etcd::EtcdClient;
 use shippy_registry::{
-    AdvertiseAddr, Discovery, KeySpace, Registration, RegistrationState, ServiceRecord, etcd,
+    AdvertiseAddr, Discovery, KeySpace, Registration, RegistrationState, ServiceRecord,
 };
 use shippy_test_support::{Etcd, wait_until};
 
@@ -36,8 +37,8 @@ async fn registered(registration: &Registration) {
     .expect("registration task alive");
 }
 
-async fn connect(server: &Etcd) -> etcd_client::Client {
-    etcd::connect(&[server.endpoint().to_owned()])
+async fn connect(server: &Etcd) -> EtcdClient {
+    EtcdClient::connect(&[server.endpoint().to_owned()])
         .await
         .unwrap()
 }

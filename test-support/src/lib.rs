@@ -1,7 +1,7 @@
 //! Test harness for shippy's integration and end-to-end tests.
 //!
 //! - [`Etcd`]: a private, real etcd process on free loopback ports with a
-//!   temporary data dir, stopped when dropped.
+//!   temporary data dir, stopped when dropped; [`EtcdCluster`]: several.
 //! - [`ChildGuard`]: a spawned process that is killed when dropped, with its
 //!   output captured to a log file the test can read.
 //! - [`workspace_bin`]: builds (once per test run) and locates a binary of
@@ -57,14 +57,19 @@ where
     }
 }
 
-/// A real etcd server for one test (or one test binary).
+/// A real etcd server for one test: a single member, or one member of an
+/// [`EtcdCluster`].
 pub struct Etcd {
     /// The etcd process; `None` while it is stopped.
     process: Option<ChildGuard>,
+    /// The member name, unique in its cluster.
+    name: String,
     /// `http://127.0.0.1:<port>`, stable across restarts.
     endpoint: String,
     /// Peer port, stable across restarts so the member keeps its identity.
     peer_port: u16,
+    /// `name=peer-url,…` for every member of the cluster.
+    initial_cluster: String,
     /// Holds the data dir and the log; removed on drop.
     dir: TempDir,
 }
@@ -80,16 +85,30 @@ impl Etcd {
     /// Picks the ports and data dir of an etcd without starting it, for
     /// tests of what happens before etcd is up; [`Etcd::restart`] starts it.
     pub fn not_started() -> anyhow::Result<Self> {
+        let mut etcd = Self::member("test")?;
+        etcd.initial_cluster = etcd.peer_entry();
+        Ok(etcd)
+    }
+
+    /// A not yet started member called `name`, whose cluster is set later.
+    fn member(name: &str) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shippy-etcd-")
             .tempdir()
             .context("creating etcd temp dir")?;
         Ok(Self {
             process: None,
+            name: name.to_owned(),
             endpoint: format!("http://127.0.0.1:{}", free_port()?),
             peer_port: free_port()?,
+            initial_cluster: String::new(),
             dir,
         })
+    }
+
+    /// This member's `name=peer-url` entry for `--initial-cluster`.
+    fn peer_entry(&self) -> String {
+        format!("{}=http://127.0.0.1:{}", self.name, self.peer_port)
     }
 
     /// The client URL, e.g. `http://127.0.0.1:23791`.
@@ -106,11 +125,18 @@ impl Etcd {
 
     /// Starts (again) on the same ports and data dir, and waits until it answers.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Starts the process without waiting for it to answer (a cluster
+    /// member cannot answer until a quorum is up).
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let binary = etcd_binary()?;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(&binary);
         command
-            .arg("--name=test")
+            .arg(format!("--name={}", self.name))
             .arg(format!(
                 "--data-dir={}",
                 self.dir.path().join("data").display()
@@ -119,19 +145,24 @@ impl Etcd {
             .arg(format!("--advertise-client-urls={}", self.endpoint))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--logger=zap")
             .arg("--log-outputs=stderr");
         let log = self.dir.path().join("etcd.log");
         self.process = Some(ChildGuard::spawn_logged(&mut command, &log)?);
+        Ok(())
+    }
+
+    /// Waits until the member answers a read, failing early if it exits.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + ETCD_START_TIMEOUT;
         loop {
             if let Some(process) = self.process.as_mut()
                 && let Some(status) = process.try_exit()?
             {
                 bail!(
-                    "etcd ({}) exited with {status} at start:\n{}",
-                    binary.display(),
+                    "etcd member {} exited with {status} at start:\n{}",
+                    self.name,
                     process.log_tail()
                 );
             }
@@ -181,6 +212,62 @@ impl Etcd {
                 )
             })
             .collect())
+    }
+}
+
+/// A real etcd cluster of several members on loopback.
+pub struct EtcdCluster {
+    /// The members, in the order of [`EtcdCluster::endpoints`].
+    members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until every one answers.
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        let mut members = (0..size)
+            .map(|i| Etcd::member(&format!("member{i}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let initial_cluster = members
+            .iter()
+            .map(Etcd::peer_entry)
+            .collect::<Vec<_>>()
+            .join(",");
+        for member in &mut members {
+            member.initial_cluster.clone_from(&initial_cluster);
+            member.spawn()?;
+        }
+        for member in &mut members {
+            member.wait_ready().await?;
+        }
+        Ok(Self { members })
+    }
+
+    /// Every member's client URL, comma-separated, as the services take them.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Etcd::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Member `index`, e.g. to kill it.
+    pub fn member(&mut self, index: usize) -> anyhow::Result<&mut Etcd> {
+        self.members
+            .get_mut(index)
+            .ok_or_else(|| anyhow!("no member {index}"))
+    }
+
+    /// The keys and values under `prefix`, read from the first member that answers.
+    pub async fn get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let mut last_error = anyhow!("no members");
+        for member in self.members.iter().filter(|m| m.process.is_some()) {
+            match member.get_prefix(prefix).await {
+                Ok(found) => return Ok(found),
+                Err(err) => last_error = err,
+            }
+        }
+        Err(last_error)
     }
 }
 

@@ -3,7 +3,8 @@
 use std::future::Future;
 
 use shippy_proto::vessel::v1::vessel_service_server::VesselServiceServer;
-use shippy_registry::{RegisteredServer, etcd};
+use shippy_registry::RegisteredServer;
+use shippy_registry::etcd::EtcdClient;
 use tonic::service::Routes;
 use tracing::info;
 
@@ -29,7 +30,7 @@ impl Application {
             None => Fleet::builtin(),
         };
         info!(vessels = fleet.len(), "fleet loaded");
-        let client = etcd::connect(&config.registry.etcd_endpoints).await?;
+        let client = EtcdClient::connect(&config.registry.etcd_endpoints).await?;
         let server = RegisteredServer::bind(
             &config.service_name,
             &config.server,
