@@ -3,6 +3,7 @@
 #   make build   build release binaries into target/release
 #   make run     run etcd, both services and the CLI on this host (Ctrl-C stops all)
 #   make test    lint, then every test (installs etcd-server when it is missing)
+#   make faults  run the fault tests one at a time and print what they measured
 #
 # protoc is not needed: protox, a protoc-compatible compiler from crates.io,
 # is installed under .tools/ on first use and passed to the build as PROTOC.
@@ -17,7 +18,7 @@ PROTOX := $(TOOLS)/bin/protox
 PROTOC ?= $(PROTOX)
 export PROTOC
 
-.PHONY: build run test lint check-format tools etcd clean
+.PHONY: build run test lint check-format tools etcd clean faults
 
 build: tools
 	$(CARGO) build --release --workspace --bins
@@ -48,3 +49,7 @@ etcd:
 clean:
 	$(CARGO) clean
 	rm -rf .run
+
+# Runs the fault tests one at a time and prints what each measured.
+faults: tools etcd
+	$(CARGO) test -p consignment-service --test faults -- --test-threads=1 --nocapture 2>/dev/null | sed -n 's/.*fault: /- /p'

@@ -1,9 +1,17 @@
 //! Fault tests: instances and etcd fail under steady load, and no
 //! CreateConsignment request fails because of it. Every service, etcd
 //! member and instance here is a real process.
+//!
+//! Each test prints what it measured on a `fault:` line;
+//! `make faults` runs them one at a time and shows those lines.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test code: a failed unwrap is a failed test, and the report goes to stdout.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -200,6 +208,11 @@ async fn consignment_address(etcd: &impl Registry) -> SocketAddr {
     found[0].1.parse().unwrap()
 }
 
+/// Prints one measured result.
+fn report(line: String) {
+    println!("fault: {line}");
+}
+
 /// Asserts that the load ran without a single failed request; on failure
 /// shows the errors consignment-service logged.
 fn no_failures(succeeded: u64, failures: &[String], consignments: &ChildGuard) {
@@ -248,6 +261,13 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
     progress(&load, 50).await;
     let (succeeded, failures) = load.finish().await;
 
+    report(format!(
+        "kill -9 one of two vessel-service instances: {} requests, {} failed; \
+         its key expired {:.1} s after the kill (lease TTL {LEASE_TTL_SECS} s)",
+        succeeded + failures.len() as u64,
+        failures.len(),
+        expired_after.as_secs_f64()
+    ));
     no_failures(succeeded, &failures, &consignments);
     assert!(expired_after <= Duration::from_secs(LEASE_TTL_SECS + 1));
 }
@@ -268,23 +288,38 @@ async fn sigterm_to_one_of_two_vessel_instances_fails_no_request() {
     progress(&load, 50).await;
 
     leaving.signal(Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let signalled = Instant::now();
+    let mut key_gone_after = None;
     let status = loop {
         let key_present = registered(&etcd, VESSELS)
             .await
             .iter()
             .any(|(key, _)| *key == leaving_key);
-        let exited = leaving.try_exit().unwrap();
-        match exited {
+        if !key_present && key_gone_after.is_none() {
+            key_gone_after = Some(signalled.elapsed());
+        }
+        match leaving.try_exit().unwrap() {
             Some(_) if key_present => panic!("exited before its key was removed"),
             Some(status) => break status,
-            None => assert!(Instant::now() < deadline, "still running after SIGTERM"),
+            None => assert!(
+                signalled.elapsed() < Duration::from_secs(10),
+                "still running after SIGTERM"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let exited_after = signalled.elapsed();
     progress(&load, 50).await;
     let (succeeded, failures) = load.finish().await;
 
+    report(format!(
+        "SIGTERM one of two vessel-service instances: {} requests, {} failed; \
+         key removed {} ms after the signal, process exited ({status}) {} ms after it",
+        succeeded + failures.len() as u64,
+        failures.len(),
+        key_gone_after.unwrap_or(exited_after).as_millis(),
+        exited_after.as_millis()
+    ));
     assert!(status.success(), "{status}");
     no_failures(succeeded, &failures, &consignments);
 }
@@ -302,20 +337,34 @@ async fn an_etcd_crash_and_restart_fails_no_request_and_loses_no_registration() 
     progress(&load, 50).await;
 
     etcd.kill();
+    let killed_at = Instant::now();
     // Both services notice the outage; requests keep succeeding meanwhile.
     wait_for_log(&vessels, "etcd unreachable").await;
     wait_for_log(&consignments, "etcd unreachable").await;
+    let before_outage = load.succeeded();
     progress(&load, 100).await;
+    let during_outage = load.succeeded() - before_outage;
     etcd.restart().await.unwrap();
     let answering = Instant::now();
+    let outage = answering - killed_at;
     wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(2)).await;
     wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(2)).await;
-    wait_for_log(&vessels, "etcd reachable again").await;
+    // The registrations' own keep-alives are running again.
+    wait_for_log(&vessels, "etcd reachable again key=").await;
+    wait_for_log(&consignments, "etcd reachable again key=").await;
     let recovered_after = answering.elapsed();
     registrations_hold(&etcd, Duration::from_secs(LEASE_TTL_SECS + 1)).await;
     progress(&load, 50).await;
     let (succeeded, failures) = load.finish().await;
 
+    report(format!(
+        "kill -9 etcd for {:.1} s, then restart it: {} requests ({during_outage} during \
+         the outage), {} failed; both registrations renewing again {:.2} s after etcd answered",
+        outage.as_secs_f64(),
+        succeeded + failures.len() as u64,
+        failures.len(),
+        recovered_after.as_secs_f64()
+    ));
     no_failures(succeeded, &failures, &consignments);
     assert!(
         recovered_after < Duration::from_secs(2),
@@ -346,6 +395,13 @@ async fn losing_one_member_of_a_three_member_etcd_cluster_changes_nothing() {
     progress(&load, 50).await;
     let (succeeded, failures) = load.finish().await;
 
+    report(format!(
+        "kill one member of a three-member etcd cluster: {} requests, {} failed; \
+         both registrations held for {} s (two leases) afterwards",
+        succeeded + failures.len() as u64,
+        failures.len(),
+        2 * LEASE_TTL_SECS
+    ));
     no_failures(succeeded, &failures, &consignments);
 }
 
@@ -357,7 +413,50 @@ async fn a_service_started_before_etcd_registers_once_etcd_answers() {
     wait_for_log(&vessels, "etcd unreachable; will keep retrying").await;
 
     etcd.restart().await.unwrap();
+    let answering = Instant::now();
 
     wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(2)).await;
+    let registered_after = answering.elapsed();
     wait_for_log(&vessels, "registered in etcd").await;
+    report(format!(
+        "vessel-service started before etcd: registered {:.2} s after etcd answered",
+        registered_after.as_secs_f64()
+    ));
+}
+
+#[tokio::test]
+async fn with_no_vessel_instance_the_cli_fails_fast_and_says_why() {
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let _consignments = spawn(
+        "consignment-service",
+        etcd.endpoint(),
+        logs.path(),
+        "consignment",
+    );
+    wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(10)).await;
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json");
+
+    let started = Instant::now();
+    let output = Command::new(workspace_bin("consignment-cli", "consignment-cli").unwrap())
+        .env_clear()
+        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
+        .arg(sample)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: CreateConsignment failed: UNAVAILABLE: shippy.service.vessel is unavailable: \
+         no instance is registered in etcd"
+    );
+    // The CLI's deadline is 10 s; failing fast means well under it.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    report(format!(
+        "no vessel-service instance registered: the CLI exited 1 after {} ms with UNAVAILABLE",
+        took.as_millis()
+    ));
 }
