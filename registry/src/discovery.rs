@@ -63,17 +63,7 @@ impl Discovery {
     /// itself. If etcd does not answer, following starts anyway and
     /// instances are added as soon as it does.
     pub async fn start(etcd: EtcdClient, keys: &KeySpace, service: &str) -> Self {
-        let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
-        let (members_tx, members) = watch::channel(Members::default());
-        let mut follower = Follower {
-            etcd,
-            service: service.to_owned(),
-            prefix: keys.service_prefix(service),
-            known: BTreeMap::new(),
-            published,
-            members: members_tx,
-            etcd_failing: false,
-        };
+        let (mut follower, instances, members) = Follower::new(etcd, keys, service);
         let first_read = match follower.resync().await {
             Ok(revision) => Some(revision),
             Err(err) => {
@@ -205,6 +195,30 @@ struct Follower {
 }
 
 impl Follower {
+    /// A follower with no instances yet, and receivers for what it publishes.
+    fn new(
+        etcd: EtcdClient,
+        keys: &KeySpace,
+        service: &str,
+    ) -> (
+        Self,
+        watch::Receiver<Arc<InstanceMap>>,
+        watch::Receiver<Members>,
+    ) {
+        let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
+        let (members_tx, members) = watch::channel(Members::default());
+        let follower = Self {
+            etcd,
+            service: service.to_owned(),
+            prefix: keys.service_prefix(service),
+            known: BTreeMap::new(),
+            published,
+            members: members_tx,
+            etcd_failing: false,
+        };
+        (follower, instances, members)
+    }
+
     /// Follows etcd forever, resuming after `resume_after` when the initial
     /// read succeeded.
     async fn run(mut self, mut resume_after: Option<i64>) {
@@ -406,5 +420,75 @@ impl Follower {
             info!(service = %self.service, "etcd reachable again");
             self.etcd_failing = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_client::CompactionOptions;
+    use shippy_test_support::Etcd;
+
+    use super::*;
+    use crate::record::ServiceRecord;
+
+    fn record(id: &str, address: &str) -> String {
+        ServiceRecord {
+            name: "svc".into(),
+            id: id.into(),
+            address: address.parse().unwrap(),
+            metadata: BTreeMap::new(),
+        }
+        .to_json()
+    }
+
+    #[tokio::test]
+    async fn resuming_from_a_compacted_revision_reads_everything_again() {
+        let server = Etcd::start().await.unwrap();
+        let keys = KeySpace::new("/p");
+        let mut writer = server.client().await.unwrap();
+        let first = writer
+            .put(keys.instance_key("svc", "a"), record("a", "h:1"), None)
+            .await
+            .unwrap();
+        let stale = first.header().unwrap().revision();
+        writer
+            .put(keys.instance_key("svc", "b"), record("b", "h:2"), None)
+            .await
+            .unwrap();
+        let last = writer
+            .delete(keys.instance_key("svc", "a"), None)
+            .await
+            .unwrap();
+        // History up to now is gone, so resuming after `stale` is impossible.
+        writer
+            .compact(
+                last.header().unwrap().revision(),
+                Some(CompactionOptions::new().with_physical()),
+            )
+            .await
+            .unwrap();
+        let etcd = EtcdClient::connect(&[server.endpoint().to_owned()])
+            .await
+            .unwrap();
+        let (mut follower, mut instances, _members) = Follower::new(etcd, &keys, "svc");
+        // As if "a" had been seen before the watch broke.
+        follower.insert(keys.instance_key("svc", "a"), "h:1".parse().unwrap());
+
+        assert!(matches!(
+            follower.follow(stale + 1).await,
+            WatchEnd::Compacted
+        ));
+        let task = tokio::spawn(follower.run(Some(stale)));
+
+        let expected: InstanceMap =
+            [(keys.instance_key("svc", "b"), "h:2".parse().unwrap())].into();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            instances.wait_for(|now| **now == expected),
+        )
+        .await
+        .expect("a fresh read replaces the stale view")
+        .unwrap();
+        task.abort();
     }
 }
