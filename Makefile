@@ -52,4 +52,7 @@ clean:
 
 # Runs the fault tests one at a time and prints what each measured.
 faults: tools etcd
-	$(CARGO) test -p consignment-service --test faults -- --test-threads=1 --nocapture 2>/dev/null | sed -n 's/.*fault: /- /p'
+	@mkdir -p .run
+	@$(CARGO) test -p consignment-service --test faults -- --test-threads=1 --nocapture >.run/faults.log 2>&1 \
+		|| { cat .run/faults.log; exit 1; }
+	@sed -n 's/.*fault: /- /p' .run/faults.log

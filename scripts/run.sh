@@ -30,15 +30,19 @@ prefixed() {
     last_pid=$!
 }
 
+# Stops the services (each deregisters), then the private etcd. Safe to
+# call twice: it runs on signals, on failure, and on every exit.
 stop() {
     trap - INT TERM
     if ((${#service_pids[@]})); then
         kill -INT "${service_pids[@]}" 2>/dev/null || true
         wait "${service_pids[@]}" 2>/dev/null || true
+        service_pids=()
     fi
     if [[ -n $etcd_pid ]]; then
         kill -TERM "$etcd_pid" 2>/dev/null || true
         wait "$etcd_pid" 2>/dev/null || true
+        etcd_pid=""
     fi
 }
 
@@ -50,6 +54,7 @@ on_signal() {
     exit 0
 }
 trap on_signal INT TERM
+trap stop EXIT
 
 for binary in vessel-service consignment-service consignment-cli; do
     [[ -x $BIN/$binary ]] || fail "$BIN/$binary is missing; run 'make build' first"
@@ -109,5 +114,5 @@ fi
 echo
 say "Running. Registrations: etcdctl --endpoints $SHIPPY_ETCD_ENDPOINTS get --prefix $prefix"
 say "Submit again: $BIN/consignment-cli consignment.json    Stop: Ctrl-C"
-wait "${service_pids[@]}"
-fail "a service stopped unexpectedly"
+wait -n "${service_pids[@]}" || true
+fail "a service stopped unexpectedly (see its log above); stopping the rest"

@@ -105,8 +105,26 @@ async fn on_sigterm_a_service_removes_its_key_then_exits_0() {
         wait_for_keys(&etcd, prefix, 1).await;
 
         service.signal(Signal::SIGTERM).unwrap();
-        wait_for_keys(&etcd, prefix, 0).await;
-        let status = service.wait_exit(DEADLINE).await.unwrap();
+        // Exit first, key second: once exited, the key must already be gone.
+        // The lease is 10 s, so a key gone within this loop was removed, not expired.
+        let signalled = std::time::Instant::now();
+        let status = loop {
+            let exited = service.try_exit().unwrap();
+            let keys = etcd.get_prefix(prefix).await.unwrap();
+            if let Some(status) = exited {
+                assert!(
+                    keys.is_empty(),
+                    "{package} exited with its key still in etcd"
+                );
+                break status;
+            }
+            assert!(
+                signalled.elapsed() < Duration::from_secs(5),
+                "{package} still running:\n{}",
+                service.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
 
         assert!(
             status.success(),
@@ -136,7 +154,7 @@ async fn the_cli_says_when_no_consignment_service_is_registered() {
 }
 
 #[tokio::test]
-async fn the_cli_refuses_a_missing_file_before_contacting_anything() {
+async fn the_cli_refuses_a_missing_file_with_exit_2() {
     let etcd = Etcd::start().await.unwrap();
 
     let output = run_cli(&etcd, &["/nonexistent/consignment.json"]);

@@ -97,7 +97,6 @@ fn vessel_error(service: &str, err: CallError) -> ConsignmentError {
         CallError::DeadlineExceeded => ConsignmentError::DeadlineExceeded(service.to_owned()),
         CallError::Refused(status) => match status.code() {
             Code::NotFound => ConsignmentError::NoVesselFits(status.message().to_owned()),
-            Code::Cancelled => ConsignmentError::DeadlineExceeded(service.to_owned()),
             _ => ConsignmentError::Internal(anyhow::anyhow!(
                 "{service} failed FindAvailable: {status}"
             )),

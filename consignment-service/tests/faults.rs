@@ -61,24 +61,36 @@ impl Registry for EtcdCluster {
     }
 }
 
-/// The registered addresses under `prefix`, by key; empty while etcd is down.
-async fn registered(etcd: &impl Registry, prefix: &str) -> Vec<(String, String)> {
-    etcd.keys_and_values(prefix)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(key, value)| {
-            let record: serde_json::Value = serde_json::from_str(&value).unwrap();
-            (key, record["address"].as_str().unwrap().to_owned())
-        })
-        .collect()
+/// The registered addresses under `prefix`, by key, or `None` when etcd
+/// did not answer (which proves nothing either way).
+async fn registered(etcd: &impl Registry, prefix: &str) -> Option<Vec<(String, String)>> {
+    let found = etcd.keys_and_values(prefix).await.ok()?;
+    Some(
+        found
+            .into_iter()
+            .map(|(key, value)| {
+                let record: serde_json::Value = serde_json::from_str(&value).unwrap();
+                (key, record["address"].as_str().unwrap().to_owned())
+            })
+            .collect(),
+    )
+}
+
+/// Whether etcd answered and `key` is among the registrations under `prefix`.
+async fn key_present(etcd: &impl Registry, prefix: &str, key: &str) -> Option<bool> {
+    let found = registered(etcd, prefix).await?;
+    Some(found.iter().any(|(k, _)| k == key))
 }
 
 async fn wait_for_count(etcd: &impl Registry, prefix: &str, count: usize, within: Duration) {
     wait_until(
         within,
         &format!("{count} instance(s) under {prefix}"),
-        || async { registered(etcd, prefix).await.len() == count },
+        || async {
+            registered(etcd, prefix)
+                .await
+                .is_some_and(|found| found.len() == count)
+        },
     )
     .await
     .unwrap();
@@ -204,7 +216,7 @@ async fn progress(load: &Load, more: u64) {
 }
 
 async fn consignment_address(etcd: &impl Registry) -> SocketAddr {
-    let found = registered(etcd, CONSIGNMENTS).await;
+    let found = registered(etcd, CONSIGNMENTS).await.unwrap();
     found[0].1.parse().unwrap()
 }
 
@@ -235,7 +247,7 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
     let endpoint = etcd.endpoint().to_owned();
     let doomed = spawn("vessel-service", &endpoint, logs.path(), "vessel-a");
     wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(10)).await;
-    let doomed_key = registered(&etcd, VESSELS).await[0].0.clone();
+    let doomed_key = registered(&etcd, VESSELS).await.unwrap()[0].0.clone();
     let _survivor = spawn("vessel-service", &endpoint, logs.path(), "vessel-b");
     wait_for_count(&etcd, VESSELS, 2, Duration::from_secs(10)).await;
     let consignments = spawn("consignment-service", &endpoint, logs.path(), "consignment");
@@ -248,12 +260,7 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
     wait_until(
         Duration::from_secs(LEASE_TTL_SECS + 1),
         "the killed instance's key to expire",
-        || async {
-            !registered(&etcd, VESSELS)
-                .await
-                .iter()
-                .any(|(key, _)| *key == doomed_key)
-        },
+        || async { key_present(&etcd, VESSELS, &doomed_key).await == Some(false) },
     )
     .await
     .unwrap();
@@ -279,7 +286,7 @@ async fn sigterm_to_one_of_two_vessel_instances_fails_no_request() {
     let endpoint = etcd.endpoint().to_owned();
     let mut leaving = spawn("vessel-service", &endpoint, logs.path(), "vessel-a");
     wait_for_count(&etcd, VESSELS, 1, Duration::from_secs(10)).await;
-    let leaving_key = registered(&etcd, VESSELS).await[0].0.clone();
+    let leaving_key = registered(&etcd, VESSELS).await.unwrap()[0].0.clone();
     let _staying = spawn("vessel-service", &endpoint, logs.path(), "vessel-b");
     wait_for_count(&etcd, VESSELS, 2, Duration::from_secs(10)).await;
     let consignments = spawn("consignment-service", &endpoint, logs.path(), "consignment");
@@ -291,15 +298,14 @@ async fn sigterm_to_one_of_two_vessel_instances_fails_no_request() {
     let signalled = Instant::now();
     let mut key_gone_after = None;
     let status = loop {
-        let key_present = registered(&etcd, VESSELS)
-            .await
-            .iter()
-            .any(|(key, _)| *key == leaving_key);
-        if !key_present && key_gone_after.is_none() {
+        // Exit first, key second: once exited, the key must already be gone.
+        let exited = leaving.try_exit().unwrap();
+        let present = key_present(&etcd, VESSELS, &leaving_key).await;
+        if present == Some(false) && key_gone_after.is_none() {
             key_gone_after = Some(signalled.elapsed());
         }
-        match leaving.try_exit().unwrap() {
-            Some(_) if key_present => panic!("exited before its key was removed"),
+        match exited {
+            Some(_) if present != Some(false) => panic!("exited before its key was removed"),
             Some(status) => break status,
             None => assert!(
                 signalled.elapsed() < Duration::from_secs(10),
@@ -436,9 +442,10 @@ async fn with_no_vessel_instance_the_cli_fails_fast_and_says_why() {
     );
     wait_for_count(&etcd, CONSIGNMENTS, 1, Duration::from_secs(10)).await;
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json");
+    let cli = workspace_bin("consignment-cli", "consignment-cli").unwrap();
 
     let started = Instant::now();
-    let output = Command::new(workspace_bin("consignment-cli", "consignment-cli").unwrap())
+    let output = Command::new(cli)
         .env_clear()
         .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
         .arg(sample)

@@ -65,7 +65,8 @@ pub struct ServerArgs {
     )]
     pub lease_ttl_secs: u64,
 
-    /// Seconds in-flight calls may take to finish after a stop signal.
+    /// Seconds in-flight calls may take to finish once, after a stop
+    /// signal, the instance has deregistered and stopped accepting calls.
     #[arg(
         long = "shutdown-grace",
         env = "SHIPPY_SHUTDOWN_GRACE",

@@ -1,6 +1,6 @@
 //! Finding a service's instances in etcd and balancing calls across them.
 //!
-//! [`Discovery::spawn`] reads the service's instances once, then follows a
+//! [`Discovery::start`] reads the service's instances once, then follows a
 //! watch from that read's revision + 1, so no change is missed or seen twice.
 //! The instances feed a [`Pool`] that spreads calls over them and fails over
 //! from an unreachable one: a call never reads etcd. When the watch breaks, it resumes from the last
@@ -32,6 +32,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long dialing one instance may take; a dead instance must fail fast so
 /// the balancer moves on.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a connection to an instance is pinged, and how long a ping may
+/// go unanswered before the connection counts as dead (a host that vanished
+/// without closing its connections).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first and the longest pause between attempts while etcd is unreachable.
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -58,7 +63,7 @@ impl Discovery {
     /// Reads `service`'s instances under `keys`, then follows them in the
     /// background.
     ///
-    /// The first read is awaited (for at most a few seconds) so a service
+    /// The first read is awaited (a few seconds at most per etcd member) so a service
     /// that depends on `service` knows its instances before it advertises
     /// itself. If etcd does not answer, following starts anyway and
     /// instances are added as soon as it does.
@@ -118,7 +123,7 @@ pub async fn read_instances(
     etcd: &mut EtcdClient,
     service_prefix: &str,
 ) -> anyhow::Result<(Vec<Instance>, i64)> {
-    let mut attempts_left = etcd.endpoints().split(',').count();
+    let mut attempts_left = etcd.member_count();
     loop {
         let request = etcd
             .client()
@@ -129,7 +134,6 @@ pub async fn read_instances(
             Err(_) => anyhow!("etcd did not answer within {READ_TIMEOUT:?}"),
         };
         let failure = failure.context(format!("reading {service_prefix} from {}", etcd.endpoint()));
-        etcd.fail_over();
         attempts_left -= 1;
         if attempts_left == 0 {
             return Err(failure);
@@ -138,6 +142,7 @@ pub async fn read_instances(
             error = format!("{failure:#}"),
             "trying the next etcd member"
         );
+        etcd.fail_over();
     }
 }
 
@@ -235,7 +240,14 @@ impl Follower {
                     }
                 },
             };
-            match self.follow(revision + 1).await {
+            let started = Instant::now();
+            let end = self.follow(revision + 1).await;
+            // A watch that lasted was a success: the next problem starts the
+            // backoff from the beginning.
+            if started.elapsed() >= RETRY_MAX {
+                backoff.reset();
+            }
+            match end {
                 WatchEnd::Compacted => {
                     info!(service = %self.service, "watch history compacted; reading instances again");
                     resume_after = None;
@@ -244,10 +256,8 @@ impl Follower {
                     self.failed(&error);
                     resume_after = Some(last_seen);
                     tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
                 }
             }
-            backoff.reset();
         }
     }
 
@@ -370,9 +380,14 @@ impl Follower {
             Ok(endpoint) => endpoint
                 .connect_timeout(DIAL_TIMEOUT)
                 .tcp_nodelay(true)
+                .http2_keep_alive_interval(PING_INTERVAL)
+                .keep_alive_timeout(PING_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .connect_lazy(),
             Err(err) => {
                 warn!(%key, %address, error = %err, "skipping instance with an undialable address");
+                // Its old address, if any, is no longer what it registered.
+                self.remove(&key);
                 return;
             }
         };

@@ -51,7 +51,10 @@ impl EtcdClient {
             let options = ConnectOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
                 .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
-                .with_keep_alive_while_idle(true);
+                .with_keep_alive_while_idle(true)
+                // A member cut off from the others must fail requests (and
+                // end watches) rather than serve a view that no longer moves.
+                .with_require_leader(true);
             let client = Client::connect([endpoint], Some(options))
                 .await
                 .with_context(|| format!("invalid etcd endpoint {endpoint:?}"))?;
@@ -72,6 +75,11 @@ impl EtcdClient {
     /// The endpoint of the member in use.
     pub fn endpoint(&self) -> &str {
         &self.members[self.current].0
+    }
+
+    /// How many members are configured.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
     }
 
     /// Every configured endpoint, comma-separated, for messages.

@@ -2,7 +2,7 @@
 //!
 //! Each instance has its own lazily connected tonic channel. Calls go round
 //! robin; a call that fails because its instance is unreachable (refused,
-//! reset, or UNAVAILABLE) is retried on the next instance within the
+//! reset, UNAVAILABLE) or hangs is retried on the next instance within the
 //! caller's deadline, and the instance that failed is tried last for a
 //! while. A balancer that hides
 //! which endpoint failed cannot do this: it keeps choosing a dead instance
@@ -88,7 +88,8 @@ pub enum CallError {
     /// The deadline passed before any instance answered.
     #[error("the deadline passed before an instance answered")]
     DeadlineExceeded,
-    /// Every instance tried was unreachable; holds the last failure.
+    /// Every instance tried was unreachable or did not answer in time;
+    /// holds the last failure.
     #[error("no instance could be reached: {}", .0.message())]
     Unreachable(Status),
     /// An instance answered with an error, which is returned as it is.
@@ -128,9 +129,12 @@ impl Pool {
         self.members.borrow().is_empty()
     }
 
-    /// Runs `call` with a member's channel and the time left before
-    /// `deadline`, moving on to the next member while members are
-    /// unreachable. Returns the first answer, or why there was none.
+    /// Runs `call` with a member's channel and the time this attempt may
+    /// take, moving on to the next member while members are unreachable or
+    /// hang. Returns the first answer, or why there was none.
+    ///
+    /// While other members remain to be tried, an attempt gets half the time
+    /// left, so one hung instance cannot use up the caller's whole deadline.
     pub async fn call<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, CallError>
     where
         F: FnMut(Channel, Duration) -> Fut,
@@ -140,32 +144,42 @@ impl Pool {
         if candidates.is_empty() {
             return Err(CallError::NoInstances);
         }
+        let last = candidates.len() - 1;
         let mut last_failure = None;
-        for member in candidates {
+        for (index, member) in candidates.into_iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(CallError::DeadlineExceeded);
             }
-            match call(member.channel.clone(), remaining).await {
-                Ok(answer) => {
+            let budget = if index < last {
+                remaining / 2
+            } else {
+                remaining
+            };
+            let outcome = tokio::time::timeout(budget, call(member.channel.clone(), budget)).await;
+            let status = match outcome {
+                Ok(Ok(answer)) => {
                     member.record(true);
                     return Ok(answer);
                 }
-                Err(status) if unreachable(&status) => {
-                    warn!(
-                        key = %member.key,
-                        address = %member.address,
-                        error = %status.message(),
-                        "instance unreachable; trying another"
-                    );
-                    member.record(false);
-                    last_failure = Some(status);
-                }
-                Err(status) if status.code() == Code::DeadlineExceeded => {
-                    return Err(CallError::DeadlineExceeded);
-                }
-                Err(status) => return Err(CallError::Refused(status)),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded("the attempt ran out of time"),
+            };
+            if Instant::now() >= deadline {
+                return Err(CallError::DeadlineExceeded);
             }
+            let timed_out = matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled);
+            if !unreachable(&status) && !timed_out {
+                return Err(CallError::Refused(status));
+            }
+            warn!(
+                key = %member.key,
+                address = %member.address,
+                error = %status.message(),
+                "instance unreachable or not answering; trying another"
+            );
+            member.record(false);
+            last_failure = Some(status);
         }
         Err(last_failure.map_or(CallError::NoInstances, CallError::Unreachable))
     }
@@ -262,6 +276,31 @@ mod tests {
             })
             .await;
         assert!(matches!(all_down, Err(CallError::Unreachable(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_member_gets_half_the_time_and_the_next_one_answers() {
+        let (_tx, pool) = members(&["hung", "fine"]);
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let budgets = Mutex::new(Vec::new());
+        let answer = pool
+            .call(deadline, |_, budget| {
+                budgets.lock().unwrap().push(budget);
+                let first = budgets.lock().unwrap().len() == 1;
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Status>("answered")
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, "answered");
+        let budgets = budgets.lock().unwrap().clone();
+        assert_eq!(budgets[0], Duration::from_secs(2));
+        assert!(budgets[1] <= Duration::from_secs(2), "{budgets:?}");
+        assert!(Instant::now() < deadline);
     }
 
     #[tokio::test]

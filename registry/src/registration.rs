@@ -189,31 +189,32 @@ impl Keeper {
                 None => break,
                 Some(end) => end,
             };
-            match end {
+            // A hold that lasted was a success: the next problem starts the
+            // backoff from the beginning.
+            let lasted = started.elapsed() >= RETRY_MAX;
+            if lasted {
+                backoff.reset();
+            }
+            let retry_at_once = match end {
                 HoldEnd::LeaseExpired => {
                     warn!(key = %self.key, "lease gone from etcd; registering on a new lease");
                     self.set_state(RegistrationState::Registering);
                     lease = None;
+                    lasted
                 }
                 HoldEnd::KeyDeleted => {
                     warn!(key = %self.key, "key deleted from etcd; putting it back");
                     self.set_state(RegistrationState::Registering);
+                    lasted
                 }
                 HoldEnd::Unreachable(err) => {
                     self.failed(&err);
-                    if self.pause(backoff.next_delay()).await {
-                        break;
-                    }
-                    continue;
+                    false
                 }
-            }
+            };
             // Put the key back at once, unless it keeps vanishing.
-            if started.elapsed() < RETRY_MAX {
-                if self.pause(backoff.next_delay()).await {
-                    break;
-                }
-            } else {
-                backoff.reset();
+            if !retry_at_once && self.pause(backoff.next_delay()).await {
+                break;
             }
         }
         if let Some(lease) = lease {
@@ -285,7 +286,9 @@ impl Keeper {
                     if let Err(err) = keeper.keep_alive().await {
                         return HoldEnd::Unreachable(anyhow!(err).context("sending keep-alive"));
                     }
-                    match tokio::time::timeout(period.max(REQUEST_TIMEOUT), answers.message()).await {
+                    // An answer later than the renewal period risks the lease
+                    // lapsing: count it as etcd being unreachable.
+                    match tokio::time::timeout(period, answers.message()).await {
                         Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
                             debug!(key = %self.key, ttl_secs = answer.ttl(), "lease renewed");
                         }
@@ -387,6 +390,13 @@ async fn within<T>(
 }
 
 /// Whether etcd answered that the lease does not exist.
+///
+/// Opening a keep-alive for an unknown lease is reported by etcd-client as
+/// its own error kind rather than as a gRPC status.
 fn lease_not_found(err: &etcd_client::Error) -> bool {
-    matches!(err, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::NotFound)
+    match err {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::NotFound,
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("not found"),
+        _ => false,
+    }
 }

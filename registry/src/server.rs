@@ -7,20 +7,26 @@
 //! get a grace period to finish.
 
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::Stream;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{RegistryArgs, ServerArgs};
 use crate::etcd::EtcdClient;
 use crate::record::{AdvertiseAddr, ServiceRecord};
 use crate::registration::{Registration, RegistrationState};
+
+/// How long accepting pauses after an accept error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A bound, not yet serving, gRPC server that will register itself.
 pub struct RegisteredServer {
@@ -113,7 +119,7 @@ impl RegisteredServer {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let (stop_accepting, stopped) = oneshot::channel::<()>();
-        let incoming = TcpListenerStream::new(self.listener);
+        let incoming = accept_connections(self.listener);
         let mut server = tokio::spawn(
             Server::builder()
                 .add_routes(routes)
@@ -167,6 +173,28 @@ impl RegisteredServer {
         info!("stopped");
         result
     }
+}
+
+/// Accepted connections, with Nagle's algorithm off (small gRPC messages
+/// should not wait). An accept error such as running out of file
+/// descriptors pauses accepting briefly instead of retrying in a busy loop.
+fn accept_connections(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if let Err(err) = stream.set_nodelay(true) {
+                        debug!(error = %err, "cannot set TCP_NODELAY");
+                    }
+                    return Some((Ok(stream), listener));
+                }
+                Err(err) => {
+                    warn!(error = %err, "cannot accept a connection; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    })
 }
 
 /// The address to advertise when none is configured: the bound one, with an

@@ -383,8 +383,14 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let mut built = BUILT.lock().map_err(|_| anyhow!("build lock poisoned"))?;
     if !built.iter().any(|done| done == bin) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // Build with the profile of the running tests, into the same dir.
+        let profile = match target_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--package", package, "--bin", bin])
+            .args(["build", "--quiet", "--profile", profile])
+            .args(["--package", package, "--bin", bin])
             .status()
             .with_context(|| format!("running cargo build for {bin}"))?;
         if !status.success() {
