@@ -31,27 +31,25 @@ impl Application {
     /// not an error: both registration and discovery retry until it answers.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let client = EtcdClient::connect(&config.registry.etcd_endpoints).await?;
-        // Discovery's first read completes before this instance registers, so
-        // a caller that finds this instance finds it ready to place consignments.
-        let discovery = Discovery::start(
+        // Bind first, so a busy port is reported before waiting on etcd.
+        let server = RegisteredServer::bind(
+            &config.service_name,
+            &config.server,
             client.clone(),
-            &config.registry.key_space(),
-            &config.vessel_service,
+            &config.registry,
         )
-        .await;
+        .await?;
+        // Discovery's first read completes before this instance registers
+        // (registration starts when serving does), so a caller that finds
+        // this instance finds it ready to place consignments.
+        let discovery =
+            Discovery::start(client, &config.registry.key_space(), &config.vessel_service).await;
         info!(
             vessel_service = %config.vessel_service,
             instances = discovery.instances().borrow().len(),
             "following vessel-service in etcd"
         );
         let vessels = Arc::new(VesselFinder::new(discovery, config.vessel_timeout()));
-        let server = RegisteredServer::bind(
-            &config.service_name,
-            &config.server,
-            client,
-            &config.registry,
-        )
-        .await?;
         let handler = ShippingHandler::new(
             Arc::new(InMemoryRepository::default()),
             Arc::clone(&vessels),
