@@ -71,6 +71,14 @@ pub fn parse_consignment(bytes: &[u8]) -> anyhow::Result<pb::Consignment> {
     if text.trim().is_empty() {
         bail!("the file is empty; expected a JSON consignment");
     }
+    if text.starts_with('\u{feff}') {
+        bail!("the file starts with a byte order mark; save it as UTF-8 without one");
+    }
+    // serde would also read a struct from a JSON array, by position, and
+    // then complain about the wrong thing.
+    if !text.trim_start().starts_with('{') {
+        bail!("expected a JSON object {{ … }} holding a consignment");
+    }
     let file: ConsignmentFile = serde_json::from_str(text).map_err(describe_json_error)?;
     let weight = i32::try_from(file.weight)
         .ok()
@@ -150,6 +158,8 @@ mod tests {
         let containers = r#"[{"customer_id":"c","origin":"o","user_id":"u"}]"#;
         let cases = [
             ("", "empty".to_owned()),
+            ("[1, 2]", "expected a JSON object".to_owned()),
+            ("\u{feff}{}", "byte order mark".to_owned()),
             (
                 "{\"weight\": 1,\n \"containers\": [}",
                 "line 2 column".to_owned(),

@@ -27,8 +27,10 @@ use shippy_registry::{AdvertiseAddr, RegistryArgs};
 /// consignment-service is found by name through etcd, as the services find
 /// each other; --address skips etcd.
 ///
-/// Exit status: 0 on success, 1 when a service or etcd fails or refuses the
-/// consignment, 2 for bad input or usage.
+/// Exit status: 0 on success; 2 for bad input or usage (the file cannot be
+/// read or parsed, or the service refuses its content: INVALID_ARGUMENT,
+/// ALREADY_EXISTS, message too large); 1 when etcd or a service fails or no
+/// vessel can carry the consignment.
 #[derive(Debug, Parser)]
 #[command(name = "consignment-cli", version)]
 struct Cli {
@@ -65,10 +67,27 @@ struct Cli {
 
 /// Why the CLI stopped, which decides the exit status.
 enum Failure {
-    /// The consignment file is unusable (exit 2).
-    Input(anyhow::Error),
-    /// etcd or a service failed or refused (exit 1).
+    /// The consignment is unusable as written: the file could not be read,
+    /// or a service refused its content (exit 2).
+    BadInput(String),
+    /// etcd or a service failed, or could not place the consignment (exit 1).
     Service(String),
+}
+
+impl Failure {
+    /// A service's error answer to `call`: a refusal of the consignment's
+    /// content is bad input; anything else is a service failure.
+    fn from_status(call: &str, status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let message = output::status(call, status);
+        match status.code() {
+            Code::InvalidArgument
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::OutOfRange => Self::BadInput(message),
+            _ => Self::Service(message),
+        }
+    }
 }
 
 #[tokio::main]
@@ -76,8 +95,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Input(err)) => {
-            eprintln!("error: {err:#}");
+        Err(Failure::BadInput(message)) => {
+            eprintln!("error: {message}");
             ExitCode::from(2)
         }
         Err(Failure::Service(message)) => {
@@ -88,7 +107,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let consignment = input::read_consignment(&cli.file).map_err(Failure::Input)?;
+    let consignment =
+        input::read_consignment(&cli.file).map_err(|err| Failure::BadInput(format!("{err:#}")))?;
     let channel = connect::channel(cli.address.as_ref(), &cli.service_name, &cli.registry)
         .await
         .map_err(|err| Failure::Service(format!("{err:#}")))?;
@@ -100,7 +120,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let response = client
         .create_consignment(request)
         .await
-        .map_err(|status| Failure::Service(output::status("CreateConsignment", &status)))?
+        .map_err(|status| Failure::from_status("CreateConsignment", &status))?
         .into_inner();
     let created = response
         .consignment
@@ -115,7 +135,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let all = client
         .get_consignments(request)
         .await
-        .map_err(|status| Failure::Service(output::status("GetConsignments", &status)))?
+        .map_err(|status| Failure::from_status("GetConsignments", &status))?
         .into_inner();
     print!("{}", output::listing(&all.consignments));
     Ok(())

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shippy_test_support::{ChildGuard, Etcd, wait_until, workspace_bin};
+use shippy_test_support::{ChildGuard, Etcd, spawn_service, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 const VESSEL: &str = "/shippy/services/shippy.service.vessel/";
@@ -21,15 +21,8 @@ fn sample_file() -> PathBuf {
 }
 
 /// Starts a service binary against `etcd` on a free port, logging into `logs`.
-fn spawn_service(etcd: &Etcd, package: &str, logs: &Path) -> ChildGuard {
-    let binary = workspace_bin(package, package).unwrap();
-    let mut command = Command::new(binary);
-    command
-        .env_clear()
-        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
-        .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "info");
-    ChildGuard::spawn_logged(&mut command, &logs.join(format!("{package}.log"))).unwrap()
+fn spawn(etcd: &Etcd, package: &str, logs: &Path) -> ChildGuard {
+    spawn_service(package, etcd.endpoint(), logs, package, &[]).unwrap()
 }
 
 async fn wait_for_keys(etcd: &Etcd, prefix: &str, count: usize) {
@@ -55,9 +48,9 @@ fn run_cli(etcd: &Etcd, args: &[&str]) -> Output {
 async fn the_cli_submits_the_sample_and_gets_vessel001() {
     let etcd = Etcd::start().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let _vessel = spawn_service(&etcd, "vessel-service", logs.path());
+    let _vessel = spawn(&etcd, "vessel-service", logs.path());
     wait_for_keys(&etcd, VESSEL, 1).await;
-    let _consignment = spawn_service(&etcd, "consignment-service", logs.path());
+    let _consignment = spawn(&etcd, "consignment-service", logs.path());
     wait_for_keys(&etcd, CONSIGNMENT, 1).await;
 
     let sample = sample_file();
@@ -101,7 +94,7 @@ async fn on_sigterm_a_service_removes_its_key_then_exits_0() {
         ("vessel-service", VESSEL),
         ("consignment-service", CONSIGNMENT),
     ] {
-        let mut service = spawn_service(&etcd, package, logs.path());
+        let mut service = spawn(&etcd, package, logs.path());
         wait_for_keys(&etcd, prefix, 1).await;
 
         service.signal(Signal::SIGTERM).unwrap();

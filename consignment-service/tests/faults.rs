@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
-use shippy_test_support::{ChildGuard, Etcd, EtcdCluster, wait_until, workspace_bin};
+use shippy_test_support::{
+    ChildGuard, Etcd, EtcdCluster, spawn_service, wait_until, workspace_bin,
+};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tonic::Request;
@@ -34,14 +36,15 @@ const LEASE_TTL_SECS: u64 = 3;
 
 /// Starts a service binary on a free port with a short lease.
 fn spawn(package: &str, endpoints: &str, logs: &Path, name: &str) -> ChildGuard {
-    let mut command = Command::new(workspace_bin(package, package).unwrap());
-    command
-        .env_clear()
-        .env("SHIPPY_ETCD_ENDPOINTS", endpoints)
-        .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
-        .env("SHIPPY_LEASE_TTL", LEASE_TTL_SECS.to_string())
-        .env("RUST_LOG", "info");
-    ChildGuard::spawn_logged(&mut command, &logs.join(format!("{name}.log"))).unwrap()
+    let ttl = LEASE_TTL_SECS.to_string();
+    spawn_service(
+        package,
+        endpoints,
+        logs,
+        name,
+        &[("SHIPPY_LEASE_TTL", &ttl)],
+    )
+    .unwrap()
 }
 
 /// Anything the registrations can be read from: one etcd or a cluster.

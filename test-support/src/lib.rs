@@ -5,7 +5,7 @@
 //! - [`ChildGuard`]: a spawned process that is killed when dropped, with its
 //!   output captured to a log file the test can read.
 //! - [`workspace_bin`]: builds (once per test run) and locates a binary of
-//!   another workspace package.
+//!   another workspace package; [`spawn_service`] starts a service binary.
 //! - [`wait_until`]: polls a condition until it holds or a deadline passes.
 //!
 //! Nothing here is mocked: tests talk to the same etcd and binaries users run.
@@ -373,6 +373,26 @@ impl Drop for ChildGuard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the binary of service package `package` (vessel-service or
+/// consignment-service) against `etcd_endpoints` on a free loopback port,
+/// with a clean environment plus `env`, logging to `<log_dir>/<name>.log`.
+pub fn spawn_service(
+    package: &str,
+    etcd_endpoints: &str,
+    log_dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<ChildGuard> {
+    let mut command = Command::new(workspace_bin(package, package)?);
+    command
+        .env_clear()
+        .env("SHIPPY_ETCD_ENDPOINTS", etcd_endpoints)
+        .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied());
+    ChildGuard::spawn_logged(&mut command, &log_dir.join(format!("{name}.log")))
 }
 
 /// The path of binary `bin` from workspace package `package`, built once per
