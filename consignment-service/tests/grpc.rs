@@ -192,6 +192,21 @@ async fn refusals_carry_the_right_status_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn an_over_size_message_is_resource_exhausted() {
+    let etcd = Etcd::start().await.unwrap();
+    let consignments = spawn_consignment_service(&etcd, 0, &[]).await;
+    let mut client = client(consignments.address).await;
+
+    let mut huge = sample();
+    huge.description = "x".repeat(5 * 1024 * 1024);
+    let err = client.create_consignment(huge).await.unwrap_err();
+
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    consignments.stop().await;
+}
+
+#[tokio::test]
 async fn with_no_vessel_service_registered_the_call_fails_fast_and_says_why() {
     let etcd = Etcd::start().await.unwrap();
     let consignments = spawn_consignment_service(&etcd, 0, &[]).await;

@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::Stream;
+use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tower::util::MapResponseLayer;
 use tracing::{debug, info, warn};
 
 use crate::config::{RegistryArgs, ServerArgs};
@@ -122,6 +124,7 @@ impl RegisteredServer {
         let incoming = accept_connections(self.listener);
         let mut server = tokio::spawn(
             Server::builder()
+                .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     // A dropped sender also means stop.
@@ -195,6 +198,23 @@ fn accept_connections(listener: TcpListener) -> impl Stream<Item = io::Result<Tc
             }
         }
     })
+}
+
+/// Reports a request message over the size limit as RESOURCE_EXHAUSTED,
+/// the status gRPC specifies for it; tonic's decoder says OUT_OF_RANGE.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == b"11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|message| message.to_str().ok())
+        .is_some_and(|message| message.contains("message%20length%20too%20large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 /// The address to advertise when none is configured: the bound one, with an
