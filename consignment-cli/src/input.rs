@@ -201,4 +201,40 @@ mod tests {
         );
         assert!(message.contains("not UTF-8"), "{message}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Any bytes get a consignment or a one-line error, never a panic.
+            #[test]
+            fn any_bytes_parse_or_fail_in_one_line(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                if let Err(err) = parse_consignment(&bytes) {
+                    let message = format!("{err:#}");
+                    prop_assert!(!message.contains('\n'), "{}", message);
+                }
+            }
+
+            /// Valid consignments of any content come through unchanged.
+            #[test]
+            fn valid_files_keep_every_field(
+                description in ".{0,20}",
+                weight in 1i32..,
+                customers in proptest::collection::vec("[a-z0-9]{1,8}", 1..5),
+            ) {
+                let containers: Vec<_> = customers
+                    .iter()
+                    .map(|c| serde_json::json!({"customer_id": c, "origin": "o", "user_id": "u"}))
+                    .collect();
+                let text = serde_json::json!({"description": description, "weight": weight, "containers": containers});
+                let parsed = parse_consignment(text.to_string().as_bytes()).unwrap();
+                prop_assert_eq!(parsed.description, description);
+                prop_assert_eq!(parsed.weight, weight);
+                let parsed_customers: Vec<_> = parsed.containers.into_iter().map(|c| c.customer_id).collect();
+                prop_assert_eq!(parsed_customers, customers);
+            }
+        }
+    }
 }

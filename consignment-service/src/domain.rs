@@ -275,4 +275,47 @@ mod tests {
             assert_eq!(rejected_field(wire), field);
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn any_container() -> impl Strategy<Value = pb::Container> {
+            (".{0,4}", ".{0,6}", ".{0,6}", ".{0,6}").prop_map(
+                |(id, customer_id, origin, user_id)| pb::Container {
+                    id,
+                    customer_id,
+                    origin,
+                    user_id,
+                },
+            )
+        }
+
+        proptest! {
+            /// Any wire consignment is either refused with a named field or
+            /// accepted with every invariant the store relies on.
+            #[test]
+            fn parsing_any_wire_consignment_is_safe(
+                id in ".{0,8}",
+                description in ".{0,8}",
+                weight in any::<i32>(),
+                containers in proptest::collection::vec(any_container(), 0..5),
+            ) {
+                let wire = pb::Consignment { id, description, weight, containers, vessel_id: String::new() };
+                match NewConsignment::parse(wire.clone()) {
+                    Ok(parsed) => {
+                        prop_assert!(wire.weight > 0);
+                        prop_assert_eq!(parsed.container_count() as usize, wire.containers.len());
+                        let stored = parsed.assign("v".into());
+                        prop_assert!(!stored.id.is_empty());
+                        prop_assert!(stored.containers.iter().all(|c| !c.customer_id.is_empty()
+                            && !c.origin.is_empty() && !c.user_id.is_empty()));
+                    }
+                    Err(ConsignmentError::InvalidArgument { field, .. }) => prop_assert!(!field.is_empty()),
+                    Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                }
+            }
+        }
+    }
 }

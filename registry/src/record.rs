@@ -381,4 +381,49 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Whatever etcd holds, decoding never panics, and what it
+            /// accepts is a dialable address under the right prefix.
+            #[test]
+            fn decoding_any_bytes_is_safe(key in proptest::collection::vec(any::<u8>(), 0..64),
+                                          value in proptest::collection::vec(any::<u8>(), 0..256)) {
+                if let Ok(instance) = decode_instance("/p/s/", &key, &value) {
+                    prop_assert!(instance.key.starts_with("/p/s/"));
+                    prop_assert!(instance.record.address.port() != 0);
+                }
+            }
+
+            /// JSON-shaped junk is refused or decoded, never a panic.
+            #[test]
+            fn decoding_json_shaped_values_is_safe(name in ".{0,12}", address in ".{0,24}", extra in ".{0,12}") {
+                let value = serde_json::json!({"name": name, "id": "i", "address": address, "x": extra});
+                let decoded = decode_instance("/p/s/", b"/p/s/i", value.to_string().as_bytes());
+                if let Ok(instance) = decoded {
+                    prop_assert_eq!(instance.record.address.to_string().parse::<AdvertiseAddr>().ok(),
+                                    Some(instance.record.address.clone()));
+                }
+            }
+
+            /// Every record a service writes is read back unchanged.
+            #[test]
+            fn records_round_trip(host in "[a-z][a-z0-9.-]{0,20}", port in 1u16.., id in "[a-f0-9]{1,32}",
+                                  metadata in proptest::collection::btree_map("[a-z]{1,8}", ".{0,16}", 0..4)) {
+                let record = ServiceRecord {
+                    name: "svc".into(),
+                    id: id.clone(),
+                    address: AdvertiseAddr::new(&host, port).unwrap(),
+                    metadata,
+                };
+                let key = KeySpace::new("/p").instance_key("svc", &id);
+                let decoded = decode_instance("/p/svc/", key.as_bytes(), record.to_json().as_bytes()).unwrap();
+                prop_assert_eq!(decoded.record, record);
+            }
+        }
+    }
 }
