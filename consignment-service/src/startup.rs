@@ -7,6 +7,7 @@ use shippy_proto::consignment::v1::shipping_service_server::ShippingServiceServe
 use shippy_registry::etcd::EtcdClient;
 use shippy_registry::{Discovery, RegisteredServer};
 use tokio::sync::watch;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 use tracing::info;
 
@@ -76,6 +77,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then deregisters and drains.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let routes = Routes::new(ShippingServiceServer::new(self.handler));
-        self.server.serve(routes, shutdown).await
+        let services = [<ShippingServiceServer<ShippingHandler> as NamedService>::NAME];
+        self.server.serve(routes, &services, shutdown).await
     }
 }

@@ -10,13 +10,15 @@
 //!   both services share.
 //! - [`config`]: the clap settings for all of the above.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
-//! - [`etcd`]: opening the shared etcd client.
+//! - [`etcd`]: one etcd client per member, failing over between them.
+//! - [`health`]: the gRPC health status, following registration and shutdown.
 //! - [`telemetry`]: log output for the binaries.
 
 mod backoff;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
+pub mod health;
 pub mod pool;
 pub mod record;
 pub mod registration;

@@ -2,9 +2,9 @@
 //! signal deregister, stop accepting and drain.
 //!
 //! Both services run through [`RegisteredServer`], so they start and stop the
-//! same way. The stop order matters: the registration goes first, so callers
-//! stop picking this instance before it stops accepting; then in-flight calls
-//! get a grace period to finish.
+//! same way. The stop order matters: health turns NOT_SERVING and the
+//! registration goes first, so callers stop picking this instance before it
+//! stops accepting; then in-flight calls get a grace period to finish.
 
 use std::future::Future;
 use std::io;
@@ -19,11 +19,13 @@ use tokio_stream::Stream;
 use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 use tracing::{debug, info, warn};
 
 use crate::config::{RegistryArgs, ServerArgs};
 use crate::etcd::EtcdClient;
+use crate::health::HealthStatus;
 use crate::record::{AdvertiseAddr, ServiceRecord};
 use crate::registration::{Registration, RegistrationState};
 
@@ -115,11 +117,19 @@ impl RegisteredServer {
     /// Serves `routes` and keeps the registration until `shutdown` resolves,
     /// then deregisters, stops accepting, and waits up to the grace period
     /// for in-flight calls.
+    ///
+    /// `services` names the gRPC services in `routes`; the health service
+    /// reports each of them (and the server as a whole) NOT_SERVING until
+    /// registered, SERVING while registered, and NOT_SERVING from the stop
+    /// signal on.
     pub async fn serve(
         self,
         routes: Routes,
+        services: &[&str],
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let (health, health_service) = HealthStatus::new(services).await;
+        let routes = routes.add_service(health_service);
         let (stop_accepting, stopped) = oneshot::channel::<()>();
         let incoming = accept_connections(self.listener);
         let mut server = tokio::spawn(
@@ -145,10 +155,17 @@ impl RegisteredServer {
             self.state_tx,
         );
 
+        let announce = {
+            let health = health.clone();
+            let state = registration.state();
+            tokio::spawn(async move { health.serving_once_registered(state).await })
+        };
+
         let served = tokio::select! {
             () = shutdown => None,
             joined = &mut server => Some(joined),
         };
+        announce.abort();
         if let Some(joined) = served {
             registration.deregister().await;
             return joined
@@ -156,7 +173,8 @@ impl RegisteredServer {
                 .context("gRPC server stopped");
         }
 
-        info!("stopping: deregistering, then draining in-flight calls");
+        info!("stopping: not serving, deregistering, then draining in-flight calls");
+        health.set(ServingStatus::NotServing).await;
         registration.deregister().await;
         let _ = stop_accepting.send(());
         let grace = self.args.shutdown_grace();

@@ -5,6 +5,7 @@ use std::future::Future;
 use shippy_proto::vessel::v1::vessel_service_server::VesselServiceServer;
 use shippy_registry::RegisteredServer;
 use shippy_registry::etcd::EtcdClient;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 use tracing::info;
 
@@ -52,6 +53,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then deregisters and drains.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let routes = Routes::new(VesselServiceServer::new(self.handler));
-        self.server.serve(routes, shutdown).await
+        let services = [<VesselServiceServer<VesselHandler> as NamedService>::NAME];
+        self.server.serve(routes, &services, shutdown).await
     }
 }

@@ -119,3 +119,71 @@ async fn a_bad_fleet_file_stops_start_up_with_a_clear_error() {
     assert!(message.contains("fleet.json"), "{message}");
     assert!(message.contains("-3"), "{message}");
 }
+
+#[tokio::test]
+async fn health_is_serving_only_while_registered_and_not_while_stopping() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut etcd = Etcd::not_started().unwrap();
+    let config = Config::try_parse_from([
+        "vessel-service",
+        "--listen=127.0.0.1:0",
+        &format!("--etcd-endpoints={}", etcd.endpoint()),
+    ])
+    .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let address = app.server().local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+
+    // Serving gRPC, but not registered while etcd is down.
+    for service in ["", "shippy.vessel.v1.VesselService"] {
+        let status = health
+            .check(ask(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+    let mut watch = health.watch(ask("")).await.unwrap().into_inner();
+    assert_eq!(
+        next_status(&mut watch).await,
+        ServingStatus::NotServing as i32
+    );
+
+    etcd.restart().await.unwrap();
+    assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
+
+    stop.send(()).unwrap();
+    assert_eq!(
+        next_status(&mut watch).await,
+        ServingStatus::NotServing as i32
+    );
+    // An open stream is an in-flight call the drain would wait for.
+    drop(watch);
+    running.await.unwrap().unwrap();
+}
+
+/// The next status a health watch stream reports.
+async fn next_status(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("a health update in time")
+        .unwrap()
+        .expect("the watch stream stays open")
+        .status
+}
