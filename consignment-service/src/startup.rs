@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use shippy_proto::consignment::v1::shipping_service_server::ShippingServiceServer;
 use shippy_registry::etcd::EtcdClient;
-use shippy_registry::{Discovery, RegisteredServer};
+use shippy_registry::{Discovery, RegisteredServer, Services};
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -76,8 +76,11 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then deregisters and drains.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let routes = Routes::new(ShippingServiceServer::new(self.handler));
-        let services = [<ShippingServiceServer<ShippingHandler> as NamedService>::NAME];
-        self.server.serve(routes, &services, shutdown).await
+        let services = Services {
+            routes: Routes::new(ShippingServiceServer::new(self.handler)),
+            names: vec![<ShippingServiceServer<ShippingHandler> as NamedService>::NAME],
+            file_descriptor_set: shippy_proto::FILE_DESCRIPTOR_SET,
+        };
+        self.server.serve(services, shutdown).await
     }
 }

@@ -328,3 +328,122 @@ async fn the_callers_deadline_is_passed_on_to_vessel_service() {
     registration.deregister().await;
     server.abort();
 }
+
+/// Asks a server's reflection service one question.
+async fn reflect(
+    address: SocketAddr,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> tonic_reflection::pb::v1::server_reflection_response::MessageResponse {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let question = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([question]))
+        .await
+        .unwrap()
+        .into_inner();
+    answers
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+}
+
+/// The services a server lists through reflection.
+async fn listed_services(address: SocketAddr) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    match reflect(address, MessageRequest::ListServices(String::new())).await {
+        MessageResponse::ListServicesResponse(list) => {
+            let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// The methods of `service`, from the descriptors reflection serves for it.
+async fn resolved_methods(address: SocketAddr, service: &str) -> Vec<String> {
+    use prost::Message;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let answer = reflect(
+        address,
+        MessageRequest::FileContainingSymbol(service.to_owned()),
+    )
+    .await;
+    let MessageResponse::FileDescriptorResponse(files) = answer else {
+        panic!("unexpected answer {answer:?}");
+    };
+    let (package, name) = service.rsplit_once('.').unwrap();
+    files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+        .filter(|file| file.package() == package)
+        .flat_map(|file| file.service)
+        .filter(|described| described.name() == name)
+        .flat_map(|described| described.method)
+        .map(|method| method.name().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn reflection_lists_what_each_server_serves_and_resolves_its_methods() {
+    let etcd = Etcd::start().await.unwrap();
+    let vessels = spawn_vessel_service(&etcd).await;
+    let consignments = spawn_consignment_service(&etcd, 1, &[]).await;
+    let common = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ];
+
+    let vessel_services = listed_services(vessels.address).await;
+    let consignment_services = listed_services(consignments.address).await;
+
+    let expected = |own: &str| {
+        let mut names: Vec<String> = common.iter().map(|s| (*s).to_owned()).collect();
+        names.push(own.to_owned());
+        names.sort();
+        names
+    };
+    assert_eq!(vessel_services, expected("shippy.vessel.v1.VesselService"));
+    assert_eq!(
+        consignment_services,
+        expected("shippy.consignment.v1.ShippingService")
+    );
+    assert_eq!(
+        resolved_methods(vessels.address, "shippy.vessel.v1.VesselService").await,
+        ["FindAvailable"]
+    );
+    assert_eq!(
+        resolved_methods(
+            consignments.address,
+            "shippy.consignment.v1.ShippingService"
+        )
+        .await,
+        ["CreateConsignment", "GetConsignments"]
+    );
+    assert_eq!(
+        resolved_methods(vessels.address, "grpc.health.v1.Health").await,
+        ["Check", "Watch"]
+    );
+
+    consignments.stop().await;
+    vessels.stop().await;
+}

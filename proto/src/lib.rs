@@ -20,3 +20,6 @@ pub mod vessel {
         tonic::include_proto!("shippy.vessel.v1");
     }
 }
+
+/// The encoded descriptors of every shippy .proto file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shippy_descriptor");

@@ -30,4 +30,4 @@ pub use config::{RegistryArgs, ServerArgs};
 pub use discovery::Discovery;
 pub use record::{AdvertiseAddr, KeySpace, ServiceRecord};
 pub use registration::{Registration, RegistrationState};
-pub use server::RegisteredServer;
+pub use server::{RegisteredServer, Services};

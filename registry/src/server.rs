@@ -20,6 +20,7 @@ use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tonic_reflection::server::{v1, v1alpha};
 use tower::util::MapResponseLayer;
 use tracing::{debug, info, warn};
 
@@ -118,18 +119,22 @@ impl RegisteredServer {
     /// then deregisters, stops accepting, and waits up to the grace period
     /// for in-flight calls.
     ///
-    /// `services` names the gRPC services in `routes`; the health service
+    /// Besides `services`, the server answers the gRPC health service, which
     /// reports each of them (and the server as a whole) NOT_SERVING until
     /// registered, SERVING while registered, and NOT_SERVING from the stop
-    /// signal on.
+    /// signal on; and server reflection (v1 and v1alpha) for all of them.
     pub async fn serve(
         self,
-        routes: Routes,
-        services: &[&str],
+        services: Services,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let (health, health_service) = HealthStatus::new(services).await;
-        let routes = routes.add_service(health_service);
+        let (health, health_service) = HealthStatus::new(&services.names).await;
+        let (reflection_v1, reflection_v1alpha) = reflection(&services)?;
+        let routes = services
+            .routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let (stop_accepting, stopped) = oneshot::channel::<()>();
         let incoming = accept_connections(self.listener);
         let mut server = tokio::spawn(
@@ -216,6 +221,47 @@ fn accept_connections(listener: TcpListener) -> impl Stream<Item = io::Result<Tc
             }
         }
     })
+}
+
+/// What a server serves.
+pub struct Services {
+    /// The gRPC services themselves.
+    pub routes: Routes,
+    /// Their full names (e.g. `shippy.vessel.v1.VesselService`), for the
+    /// health service and for what reflection lists.
+    pub names: Vec<&'static str>,
+    /// Encoded descriptors of their .proto files, for reflection.
+    pub file_descriptor_set: &'static [u8],
+}
+
+/// Server reflection, v1 and v1alpha, listing `services`, health and
+/// reflection itself.
+fn reflection(
+    services: &Services,
+) -> anyhow::Result<(
+    v1::ServerReflectionServer<impl v1::ServerReflection>,
+    v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+)> {
+    let builder = |reflection_name: &str| {
+        services
+            .names
+            .iter()
+            .copied()
+            .chain(["grpc.health.v1.Health", reflection_name])
+            .fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(services.file_descriptor_set)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(name),
+            )
+    };
+    let v1 = builder("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .context("building server reflection")?;
+    let v1alpha = builder("grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()
+        .context("building server reflection")?;
+    Ok((v1, v1alpha))
 }
 
 /// Reports a request message over the size limit as RESOURCE_EXHAUSTED,

@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use shippy_proto::vessel::v1::vessel_service_server::VesselServiceServer;
-use shippy_registry::RegisteredServer;
 use shippy_registry::etcd::EtcdClient;
+use shippy_registry::{RegisteredServer, Services};
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tracing::info;
@@ -52,8 +52,11 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then deregisters and drains.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let routes = Routes::new(VesselServiceServer::new(self.handler));
-        let services = [<VesselServiceServer<VesselHandler> as NamedService>::NAME];
-        self.server.serve(routes, &services, shutdown).await
+        let services = Services {
+            routes: Routes::new(VesselServiceServer::new(self.handler)),
+            names: vec![<VesselServiceServer<VesselHandler> as NamedService>::NAME],
+            file_descriptor_set: shippy_proto::FILE_DESCRIPTOR_SET,
+        };
+        self.server.serve(services, shutdown).await
     }
 }
