@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shippy_test_support::{ChildGuard, Etcd, spawn_service, wait_until};
+use shippy_test_support::{ChildGuard, Etcd, free_port, spawn_service, wait_until, workspace_bin};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 const VESSEL: &str = "/shippy/services/shippy.service.vessel/";
@@ -157,5 +157,56 @@ async fn the_cli_refuses_a_missing_file_with_exit_2() {
     assert!(
         stderr.starts_with("error: cannot open /nonexistent/consignment.json"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_probe_mode_reports_health_for_healthchecks() {
+    let mut etcd = Etcd::not_started().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut vessel = spawn_service(
+        "vessel-service",
+        etcd.endpoint(),
+        logs.path(),
+        "vessel",
+        &[("SHIPPY_LISTEN_ADDR", &address)],
+    )
+    .unwrap();
+    let binary = workspace_bin("vessel-service", "vessel-service").unwrap();
+    let probe = || {
+        let output = Command::new(&binary)
+            .env_clear()
+            .args(["--probe", &address])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+
+    // Serving gRPC but not registered: etcd is not up yet.
+    wait_until(DEADLINE, "NOT_SERVING while etcd is down", || async {
+        probe() == (Some(1), format!("{address} is NOT_SERVING\n"))
+    })
+    .await
+    .unwrap();
+
+    etcd.restart().await.unwrap();
+    wait_until(DEADLINE, "SERVING once registered", || async {
+        probe() == (Some(0), format!("{address} is SERVING\n"))
+    })
+    .await
+    .unwrap();
+
+    vessel.signal(Signal::SIGTERM).unwrap();
+    vessel.wait_exit(DEADLINE).await.unwrap();
+    let (code, said) = probe();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.starts_with(&format!("cannot connect to {address}")),
+        "{said}"
     );
 }

@@ -54,6 +54,13 @@ pub struct ServerArgs {
     #[arg(long, env = "SHIPPY_ADVERTISE_ADDR", value_name = "HOST:PORT")]
     pub advertise: Option<AdvertiseAddr>,
 
+    /// Instead of serving, ask the instance at HOST:PORT for its gRPC health
+    /// and exit 0 if it is SERVING, 1 otherwise: a healthcheck for images
+    /// without grpcurl. (No environment variable, so it cannot switch a
+    /// service into probe mode by accident.)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub probe: Option<AdvertiseAddr>,
+
     /// Seconds the registration outlives the process if it dies without
     /// deregistering; the lease is renewed every third of this.
     #[arg(

@@ -3,13 +3,25 @@
 //! NOT_SERVING again from the stop signal, while it deregisters and drains.
 //!
 //! The overall status (service name "") and each named service move together.
+//! [`probe`] asks a running instance for its overall status.
 
+use std::time::Duration;
+
+use anyhow::{Context, bail};
 use tokio::sync::watch;
+use tonic::transport::Endpoint;
 use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
+use crate::record::AdvertiseAddr;
 use crate::registration::RegistrationState;
+
+/// How long a probe may take in all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Sets the health of every service an instance serves.
 #[derive(Debug, Clone)]
@@ -55,4 +67,30 @@ impl HealthStatus {
             self.set(ServingStatus::Serving).await;
         }
     }
+}
+
+/// Asks the instance at `address` for its overall health; succeeds only if
+/// it answers SERVING.
+pub async fn probe(address: &AdvertiseAddr) -> anyhow::Result<()> {
+    let ask = async {
+        let channel = Endpoint::from_shared(address.http_uri())
+            .with_context(|| format!("{address} is not a valid address"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {address}"))?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .with_context(|| format!("{address} did not answer a health check"))?;
+        anyhow::Ok(answer.into_inner().status())
+    };
+    let status = tokio::time::timeout(PROBE_TIMEOUT, ask)
+        .await
+        .with_context(|| format!("{address} did not answer within {PROBE_TIMEOUT:?}"))??;
+    if status != WireStatus::Serving {
+        bail!("{address} is {}", status.as_str_name());
+    }
+    Ok(())
 }
