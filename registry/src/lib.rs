@@ -10,11 +10,13 @@
 //!   both services share.
 //! - [`config`]: the clap settings for all of the above.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
+//! - [`binary`]: the shared body of the service binaries' `main`.
 //! - [`etcd`]: one etcd client per member, failing over between them.
 //! - [`health`]: the gRPC health status, following registration and shutdown.
 //! - [`telemetry`]: log output for the binaries.
 
 mod backoff;
+pub mod binary;
 pub mod config;
 pub mod discovery;
 pub mod etcd;

@@ -1,0 +1,40 @@
+//! The shared body of the service binaries' `main`: probe another
+//! instance's health, or serve until SIGINT/SIGTERM.
+
+// A probe's verdict is its standard output.
+#![allow(clippy::print_stdout)]
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::record::AdvertiseAddr;
+use crate::{health, telemetry};
+
+/// With `probe`, checks that instance's health and returns its verdict;
+/// otherwise starts logging and runs `serve`, logging its error if it fails.
+pub async fn run<F, Fut>(probe: Option<&AdvertiseAddr>, serve: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    if let Some(address) = probe {
+        return match health::probe(address).await {
+            Ok(()) => {
+                println!("{address} is SERVING");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    telemetry::init();
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
