@@ -3,14 +3,15 @@
 //! Calls go to the instances discovery follows, so no call reads etcd; an
 //! unreachable instance is skipped for another within the deadline. The
 //! caller's deadline is passed on; a call with no deadline gets the
-//! configured default.
+//! configured default. So is the caller's request id, so vessel-service
+//! logs the call under the same id.
 
 use std::time::Duration;
 
 use shippy_proto::vessel::v1 as pb;
 use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
-use shippy_registry::Discovery;
 use shippy_registry::pool::CallError;
+use shippy_registry::{Discovery, request_id};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -61,6 +62,7 @@ impl VesselFinder {
             .call(deadline, |channel, remaining| {
                 let mut request = tonic::Request::new(spec);
                 request.set_timeout(remaining);
+                request_id::propagate(&mut request);
                 async move {
                     VesselServiceClient::new(channel)
                         .find_available(request)

@@ -7,17 +7,18 @@
 use std::future::Future;
 use std::process::ExitCode;
 
-use crate::record::AdvertiseAddr;
+use crate::config::ServerArgs;
 use crate::{health, telemetry};
 
-/// With `probe`, checks that instance's health and returns its verdict;
-/// otherwise starts logging and runs `serve`, logging its error if it fails.
-pub async fn run<F, Fut>(probe: Option<&AdvertiseAddr>, serve: F) -> ExitCode
+/// With `--probe`, checks that instance's health and returns its verdict;
+/// otherwise starts logging in the configured format and runs `serve`,
+/// logging its error if it fails.
+pub async fn run<F, Fut>(args: &ServerArgs, serve: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    if let Some(address) = probe {
+    if let Some(address) = &args.probe {
         return match health::probe(address).await {
             Ok(()) => {
                 println!("{address} is SERVING");
@@ -29,7 +30,7 @@ where
             }
         };
     }
-    telemetry::init();
+    telemetry::init(args.log_format);
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::record::{AdvertiseAddr, DEFAULT_PREFIX, KeySpace};
+use crate::telemetry::LogFormat;
 
 /// Where the registry lives.
 #[derive(Debug, Clone, Args)]
@@ -82,6 +83,16 @@ pub struct ServerArgs {
         value_name = "SECONDS"
     )]
     pub shutdown_grace_secs: u64,
+
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(
+        long = "log-format",
+        env = "SHIPPY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
 }
 
 impl ServerArgs {

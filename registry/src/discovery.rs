@@ -123,27 +123,18 @@ pub async fn read_instances(
     etcd: &mut EtcdClient,
     service_prefix: &str,
 ) -> anyhow::Result<(Vec<Instance>, i64)> {
-    let mut attempts_left = etcd.member_count();
-    loop {
-        let request = etcd
-            .client()
-            .get(service_prefix, Some(GetOptions::new().with_prefix()));
-        let failure = match tokio::time::timeout(READ_TIMEOUT, request).await {
-            Ok(Ok(response)) => return Ok(decode_response(service_prefix, &response)),
-            Ok(Err(err)) => anyhow!(err),
-            Err(_) => anyhow!("etcd did not answer within {READ_TIMEOUT:?}"),
-        };
-        let failure = failure.context(format!("reading {service_prefix} from {}", etcd.endpoint()));
-        attempts_left -= 1;
-        if attempts_left == 0 {
-            return Err(failure);
-        }
-        debug!(
-            error = format!("{failure:#}"),
-            "trying the next etcd member"
-        );
-        etcd.fail_over();
-    }
+    let response = etcd
+        .first_answer(
+            READ_TIMEOUT,
+            &format!("reading {service_prefix}"),
+            |mut client| async move {
+                client
+                    .get(service_prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            },
+        )
+        .await?;
+    Ok(decode_response(service_prefix, &response))
 }
 
 /// The decodable instances in a read, and the read's revision.

@@ -11,9 +11,10 @@
 //! HTTP/2 keep-alive pings detect a dead connection within seconds.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use etcd_client::{Client, ConnectOptions};
 use tracing::debug;
 
@@ -89,6 +90,40 @@ impl EtcdClient {
             .map(|(endpoint, _)| endpoint.as_str())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Sends `request` to the member in use, and to each next member while
+    /// one fails or does not answer within `timeout`. The error names `what`
+    /// was asked and the last member tried.
+    pub async fn first_answer<T, F, Fut>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut request: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempts_left = self.member_count();
+        loop {
+            let failure = match tokio::time::timeout(timeout, request(self.client().clone())).await
+            {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(err)) => anyhow!(err),
+                Err(_) => anyhow!("etcd did not answer within {timeout:?}"),
+            }
+            .context(format!("{what} from {}", self.endpoint()));
+            attempts_left -= 1;
+            if attempts_left == 0 {
+                return Err(failure);
+            }
+            debug!(
+                error = format!("{failure:#}"),
+                "trying the next etcd member"
+            );
+            self.fail_over();
+        }
     }
 
     /// Moves to the next member after a failed request.

@@ -3,7 +3,8 @@
 //! NOT_SERVING again from the stop signal, while it deregisters and drains.
 //!
 //! The overall status (service name "") and each named service move together.
-//! [`probe`] asks a running instance for its overall status.
+//! [`check`] asks a running instance for its overall status; [`probe`] turns
+//! that into a healthcheck's verdict.
 
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use tokio::sync::watch;
 use tonic::transport::Endpoint;
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
+/// A status as an instance reports it over the health protocol.
+pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -53,6 +55,16 @@ impl HealthStatus {
         }
     }
 
+    /// Ends every open Watch stream (after the last status it reported), so
+    /// that a draining server does not wait for watchers that never hang
+    /// up. Check answers NOT_FOUND from then on.
+    pub async fn end_watches(&self) {
+        let mut reporter = self.reporter.clone();
+        for name in &self.names {
+            reporter.clear_service_status(name).await;
+        }
+    }
+
     /// Reports SERVING once `registration` first reaches
     /// [`RegistrationState::Registered`].
     pub async fn serving_once_registered(
@@ -72,6 +84,16 @@ impl HealthStatus {
 /// Asks the instance at `address` for its overall health; succeeds only if
 /// it answers SERVING.
 pub async fn probe(address: &AdvertiseAddr) -> anyhow::Result<()> {
+    let status = check(address, PROBE_TIMEOUT).await?;
+    if status != WireStatus::Serving {
+        bail!("{address} is {}", status.as_str_name());
+    }
+    Ok(())
+}
+
+/// The overall health the instance at `address` reports, asked within
+/// `timeout`; an error when it cannot be reached or does not answer.
+pub async fn check(address: &AdvertiseAddr, timeout: Duration) -> anyhow::Result<WireStatus> {
     let ask = async {
         let channel = Endpoint::from_shared(address.http_uri())
             .with_context(|| format!("{address} is not a valid address"))?
@@ -86,11 +108,7 @@ pub async fn probe(address: &AdvertiseAddr) -> anyhow::Result<()> {
             .with_context(|| format!("{address} did not answer a health check"))?;
         anyhow::Ok(answer.into_inner().status())
     };
-    let status = tokio::time::timeout(PROBE_TIMEOUT, ask)
+    tokio::time::timeout(timeout, ask)
         .await
-        .with_context(|| format!("{address} did not answer within {PROBE_TIMEOUT:?}"))??;
-    if status != WireStatus::Serving {
-        bail!("{address} is {}", status.as_str_name());
-    }
-    Ok(())
+        .with_context(|| format!("{address} did not answer within {timeout:?}"))?
 }

@@ -8,15 +8,20 @@
 //!   unreachable one.
 //! - [`server`]: the bind → serve → register → deregister → drain lifecycle
 //!   both services share.
+//! - [`catalog`]: every registered service and instance at once, for
+//!   operators.
 //! - [`config`]: the clap settings for all of the above.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 //! - [`binary`]: the shared body of the service binaries' `main`.
 //! - [`etcd`]: one etcd client per member, failing over between them.
 //! - [`health`]: the gRPC health status, following registration and shutdown.
 //! - [`telemetry`]: log output for the binaries.
+//! - [`request_id`]: the id that follows a call across services.
+//! - [`request_log`]: one log line per served call.
 
 mod backoff;
 pub mod binary;
+pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
@@ -24,6 +29,8 @@ pub mod health;
 pub mod pool;
 pub mod record;
 pub mod registration;
+pub mod request_id;
+pub mod request_log;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -29,6 +29,7 @@ use crate::etcd::EtcdClient;
 use crate::health::HealthStatus;
 use crate::record::{AdvertiseAddr, ServiceRecord};
 use crate::registration::{Registration, RegistrationState};
+use crate::request_log::RequestLogLayer;
 
 /// How long accepting pauses after an accept error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -123,6 +124,7 @@ impl RegisteredServer {
     /// reports each of them (and the server as a whole) NOT_SERVING until
     /// registered, SERVING while registered, and NOT_SERVING from the stop
     /// signal on; and server reflection (v1 and v1alpha) for all of them.
+    /// Every call is logged once, under its request id.
     pub async fn serve(
         self,
         services: Services,
@@ -139,6 +141,8 @@ impl RegisteredServer {
         let incoming = accept_connections(self.listener);
         let mut server = tokio::spawn(
             Server::builder()
+                // Outermost, so the log shows the status callers receive.
+                .layer(RequestLogLayer)
                 .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -182,6 +186,7 @@ impl RegisteredServer {
         health.set(ServingStatus::NotServing).await;
         registration.deregister().await;
         let _ = stop_accepting.send(());
+        health.end_watches().await;
         let grace = self.args.shutdown_grace();
         let result = match tokio::time::timeout(grace, &mut server).await {
             Ok(joined) => joined

@@ -10,8 +10,8 @@ use vessel_service::{Application, Config};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    let probe = config.server.probe.clone();
-    binary::run(probe.as_ref(), || async {
+    let server = config.server.clone();
+    binary::run(&server, || async {
         Application::build(config)
             .await?
             .run_until_stopped(shutdown::signal())

@@ -173,9 +173,15 @@ async fn health_is_serving_only_while_registered_and_not_while_stopping() {
         next_status(&mut watch).await,
         ServingStatus::NotServing as i32
     );
-    // An open stream is an in-flight call the drain would wait for.
-    drop(watch);
-    running.await.unwrap().unwrap();
+    // The drain ends open watch streams instead of waiting out the grace
+    // period (10 s by default) for them.
+    let ended = tokio::time::timeout(DEADLINE, watch.message()).await;
+    assert!(matches!(ended, Ok(Ok(None))), "{ended:?}");
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("stopped without waiting for the watcher")
+        .unwrap()
+        .unwrap();
 }
 
 /// The next status a health watch stream reports.
