@@ -1,28 +1,34 @@
-//! consignment-cli: submits a consignment file to consignment-service and
-//! prints the created consignment and the full list.
+//! consignment-cli: submits consignments to consignment-service, lists
+//! them, and shows what is registered in etcd.
 //!
-//! - `input`: reading and checking the file.
+//! - `input`: reading and checking the consignment file.
 //! - `connect`: finding consignment-service through etcd, or at `--address`.
-//! - `output`: the terminal layout.
+//! - `commands`: what each subcommand does.
+//! - `services`: the registry view behind `services`.
+//! - `output`: the terminal and JSON layouts.
 
 // A CLI's results are its standard output.
 #![allow(clippy::print_stdout)]
 
+mod commands;
 mod connect;
 mod input;
 mod output;
+mod services;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use shippy_proto::consignment::v1 as pb;
-use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
+use clap::{Args, Parser, Subcommand};
 use shippy_registry::{AdvertiseAddr, RegistryArgs};
 
-/// Submits a consignment to consignment-service and prints it with its
-/// assigned vessel, then every stored consignment.
+/// Submits consignments to consignment-service, lists them, and shows the
+/// services registered in etcd.
+///
+/// Without a subcommand it does what the original tutorial's CLI did: submit
+/// FILE (default consignment.json), then print the created consignment with
+/// its assigned vessel and every stored consignment.
 ///
 /// consignment-service is found by name through etcd, as the services find
 /// each other; --address skips etcd.
@@ -32,12 +38,75 @@ use shippy_registry::{AdvertiseAddr, RegistryArgs};
 /// ALREADY_EXISTS, message too large); 1 when etcd or a service fails or no
 /// vessel can carry the consignment.
 #[derive(Debug, Parser)]
-#[command(name = "consignment-cli", version)]
+#[command(
+    name = "consignment-cli",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Without a subcommand: submit this file, then list every consignment.
+    #[command(flatten)]
+    submit: CreateArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a consignment file and print the created consignment, its
+    /// vessel, and the call's request id.
+    Create(CreateArgs),
+    /// Print every stored consignment.
+    List(ListArgs),
+    /// Show every service registered in etcd: its instances, their
+    /// addresses and metadata, the lease TTL left, and live health.
+    Services(ServicesArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
     /// The consignment JSON file to submit.
     #[arg(default_value = "consignment.json", value_name = "FILE")]
     file: PathBuf,
 
+    #[command(flatten)]
+    connection: Connection,
+
+    #[command(flatten)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    connection: Connection,
+
+    #[command(flatten)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct ServicesArgs {
+    /// Seconds each instance's health check may take.
+    #[arg(
+        long = "health-timeout",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(1..=60),
+        value_name = "SECONDS"
+    )]
+    health_timeout: u64,
+
+    #[command(flatten)]
+    registry: RegistryArgs,
+
+    #[command(flatten)]
+    format: Format,
+}
+
+/// How consignment-service is reached.
+#[derive(Debug, Args)]
+struct Connection {
     /// Reach consignment-service at this host:port instead of looking it up in etcd.
     #[arg(long, env = "SHIPPY_CONSIGNMENT_ADDR", value_name = "HOST:PORT")]
     address: Option<AdvertiseAddr>,
@@ -65,7 +134,22 @@ struct Cli {
     registry: RegistryArgs,
 }
 
+impl Connection {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Args)]
+struct Format {
+    /// Print the result as one JSON document, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Why the CLI stopped, which decides the exit status.
+#[derive(Debug)]
 enum Failure {
     /// The consignment is unusable as written: the file could not be read,
     /// or a service refused its content (exit 2).
@@ -93,7 +177,13 @@ impl Failure {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let outcome = match cli.command {
+        None => commands::submit_and_list(&cli.submit).await,
+        Some(Command::Create(args)) => commands::create(&args).await,
+        Some(Command::List(args)) => commands::list(&args).await,
+        Some(Command::Services(args)) => commands::services(&args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::BadInput(message)) => {
             eprintln!("error: {message}");
@@ -104,39 +194,4 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let consignment =
-        input::read_consignment(&cli.file).map_err(|err| Failure::BadInput(format!("{err:#}")))?;
-    let channel = connect::channel(cli.address.as_ref(), &cli.service_name, &cli.registry)
-        .await
-        .map_err(|err| Failure::Service(format!("{err:#}")))?;
-    let mut client = ShippingServiceClient::new(channel);
-    let timeout = Duration::from_secs(cli.timeout);
-
-    let mut request = tonic::Request::new(consignment);
-    request.set_timeout(timeout);
-    let response = client
-        .create_consignment(request)
-        .await
-        .map_err(|status| Failure::from_status("CreateConsignment", &status))?
-        .into_inner();
-    let created = response
-        .consignment
-        .filter(|_| response.created)
-        .ok_or_else(|| {
-            Failure::Service("consignment-service answered without creating the consignment".into())
-        })?;
-    println!("{}", output::created(&created));
-
-    let mut request = tonic::Request::new(pb::GetRequest {});
-    request.set_timeout(timeout);
-    let all = client
-        .get_consignments(request)
-        .await
-        .map_err(|status| Failure::from_status("GetConsignments", &status))?
-        .into_inner();
-    print!("{}", output::listing(&all.consignments));
-    Ok(())
 }

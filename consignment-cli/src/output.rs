@@ -1,11 +1,28 @@
-//! How results look on the terminal.
+//! How results look: aligned text for people, JSON (`--json`) for scripts.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use serde::Serialize;
 use shippy_proto::consignment::v1 as pb;
+use shippy_registry::catalog::LeaseState;
+use shippy_registry::request_id::RequestId;
+use shippy_registry::request_log::status_name;
+
+use crate::services::InstanceView;
+
+/// A consignment the service created, and the id of the call that did.
+#[derive(Debug)]
+pub struct Created {
+    /// As stored, with its vessel.
+    pub consignment: pb::Consignment,
+    /// The request id both services logged the call under.
+    pub request_id: RequestId,
+}
 
 /// The created consignment, field by field.
-pub fn created(consignment: &pb::Consignment) -> String {
+pub fn created(created: &Created) -> String {
+    let consignment = &created.consignment;
     let mut out = String::new();
     let _ = writeln!(out, "Created consignment {}", consignment.id);
     let _ = writeln!(out, "  vessel_id:   {}", consignment.vessel_id);
@@ -24,6 +41,7 @@ pub fn created(consignment: &pb::Consignment) -> String {
             container.customer_id, container.origin, container.user_id
         );
     }
+    let _ = writeln!(out, "  request_id:  {}", created.request_id);
     out
 }
 
@@ -62,36 +80,191 @@ pub fn listing(consignments: &[pb::Consignment]) -> String {
     out
 }
 
+/// Every registered service and its instances, as a table per service.
+pub fn services(services: &BTreeMap<String, Vec<InstanceView>>) -> String {
+    let mut out = String::new();
+    if services.is_empty() {
+        let _ = writeln!(out, "No services are registered.");
+        return out;
+    }
+    for (name, instances) in services {
+        let noun = if instances.len() == 1 {
+            "instance"
+        } else {
+            "instances"
+        };
+        let _ = writeln!(out, "{name} ({} {noun})", instances.len());
+        let rows: Vec<[String; 5]> = instances
+            .iter()
+            .map(|instance| {
+                [
+                    instance.id.clone(),
+                    instance.address.clone().unwrap_or_else(|| "-".into()),
+                    instance.health.label().to_owned(),
+                    lease_text(instance.lease),
+                    metadata_text(&instance.metadata),
+                ]
+            })
+            .collect();
+        let header = ["INSTANCE", "ADDRESS", "HEALTH", "LEASE TTL", "METADATA"].map(String::from);
+        let mut widths = header.clone().map(|title| title.chars().count());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&header).chain(&rows) {
+            let [id, address, health, lease, metadata] = row;
+            let line = format!(
+                "  {id:w0$}  {address:w1$}  {health:w2$}  {lease:w3$}  {metadata}",
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3],
+            );
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        for instance in instances {
+            if let Some(problem) = instance.health.problem() {
+                let _ = writeln!(out, "  ! {}: {problem}", instance.id);
+            }
+        }
+    }
+    out
+}
+
+/// "7s of 10s", "expired", or "none" for a key without a lease.
+fn lease_text(lease: Option<LeaseState>) -> String {
+    match lease {
+        None => "none".into(),
+        Some(LeaseState { ttl_left: None, .. }) => "expired".into(),
+        Some(LeaseState {
+            ttl_left: Some(left),
+            granted,
+            ..
+        }) => format!("{left}s of {granted}s"),
+    }
+}
+
+fn metadata_text(metadata: &BTreeMap<String, String>) -> String {
+    metadata
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A consignment as JSON, with the field names of the input file.
+#[derive(Debug, Serialize)]
+struct ConsignmentJson<'a> {
+    id: &'a str,
+    description: &'a str,
+    weight: i32,
+    vessel_id: &'a str,
+    containers: Vec<ContainerJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ContainerJson<'a> {
+    id: &'a str,
+    customer_id: &'a str,
+    origin: &'a str,
+    user_id: &'a str,
+}
+
+impl<'a> From<&'a pb::Consignment> for ConsignmentJson<'a> {
+    fn from(consignment: &'a pb::Consignment) -> Self {
+        Self {
+            id: &consignment.id,
+            description: &consignment.description,
+            weight: consignment.weight,
+            vessel_id: &consignment.vessel_id,
+            containers: consignment
+                .containers
+                .iter()
+                .map(|container| ContainerJson {
+                    id: &container.id,
+                    customer_id: &container.customer_id,
+                    origin: &container.origin,
+                    user_id: &container.user_id,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `create --json`: `{"request_id": …, "consignment": {…}}`.
+pub fn created_json(created: &Created) -> String {
+    to_json(&CreatedJson {
+        request_id: created.request_id.as_str(),
+        consignment: (&created.consignment).into(),
+        consignments: None,
+    })
+}
+
+/// `list --json`: `{"consignments": […]}`.
+pub fn listing_json(consignments: &[pb::Consignment]) -> String {
+    to_json(&serde_json::json!({
+        "consignments": consignments.iter().map(ConsignmentJson::from).collect::<Vec<_>>(),
+    }))
+}
+
+/// The bare form with `--json`: the created consignment and the listing.
+pub fn submitted_json(created: &Created, consignments: &[pb::Consignment]) -> String {
+    to_json(&CreatedJson {
+        request_id: created.request_id.as_str(),
+        consignment: (&created.consignment).into(),
+        consignments: Some(consignments.iter().map(ConsignmentJson::from).collect()),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct CreatedJson<'a> {
+    request_id: &'a str,
+    consignment: ConsignmentJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consignments: Option<Vec<ConsignmentJson<'a>>>,
+}
+
+/// `services --json`: `{"services": [{"name", "instances": […]}]}`.
+pub fn services_json(services: &BTreeMap<String, Vec<InstanceView>>) -> String {
+    let services: Vec<_> = services
+        .iter()
+        .map(|(name, instances)| {
+            let instances: Vec<_> = instances
+                .iter()
+                .map(|instance| {
+                    serde_json::json!({
+                        "id": instance.id,
+                        "key": instance.key,
+                        "address": instance.address,
+                        "metadata": instance.metadata,
+                        "lease_id": instance.lease.map(|lease| format!("{:x}", lease.id)),
+                        "lease_ttl_secs": instance.lease.and_then(|lease| lease.ttl_left),
+                        "lease_granted_secs": instance.lease.map(|lease| lease.granted),
+                        "health": instance.health.label(),
+                        "health_error": instance.health.problem(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": name, "instances": instances })
+        })
+        .collect();
+    to_json(&serde_json::json!({ "services": services }))
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // Strings, numbers and string-keyed maps always serialise.
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
 /// A gRPC status for a person: its canonical code name and message.
 pub fn status(call: &str, status: &tonic::Status) -> String {
     format!(
         "{call} failed: {}: {}",
-        code_name(status.code()),
+        status_name(status.code()),
         status.message()
     )
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]
@@ -113,11 +286,19 @@ mod tests {
         }
     }
 
+    fn created_sample() -> Created {
+        Created {
+            consignment: consignment(),
+            request_id: RequestId::parse("req-1").unwrap(),
+        }
+    }
+
     #[test]
-    fn the_created_consignment_shows_its_vessel_and_containers() {
-        let text = created(&consignment());
+    fn the_created_consignment_shows_its_vessel_containers_and_request_id() {
+        let text = created(&created_sample());
         assert!(text.starts_with("Created consignment c1\n"), "{text}");
         assert!(text.contains("  vessel_id:   vessel001\n"), "{text}");
+        assert!(text.ends_with("  request_id:  req-1\n"), "{text}");
         assert!(
             text.contains(
                 "    - customer cust001 from Manchester, United Kingdom (user user001)\n"
@@ -137,6 +318,35 @@ mod tests {
             lines[2].contains("vessel001") && lines[2].contains("55000"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn json_output_uses_the_input_file_field_names() {
+        let value: serde_json::Value =
+            serde_json::from_str(&created_json(&created_sample())).unwrap();
+        assert_eq!(value["request_id"], "req-1");
+        assert_eq!(value["consignment"]["vessel_id"], "vessel001");
+        assert_eq!(
+            value["consignment"]["containers"][0]["customer_id"],
+            "cust001"
+        );
+        let listed: serde_json::Value =
+            serde_json::from_str(&listing_json(&[consignment()])).unwrap();
+        assert_eq!(listed["consignments"][0]["weight"], 55_000);
+    }
+
+    #[test]
+    fn leases_read_as_time_left_of_granted() {
+        let lease = |ttl_left| {
+            Some(LeaseState {
+                id: 1,
+                ttl_left,
+                granted: 10,
+            })
+        };
+        assert_eq!(lease_text(lease(Some(7))), "7s of 10s");
+        assert_eq!(lease_text(lease(None)), "expired");
+        assert_eq!(lease_text(None), "none");
     }
 
     #[test]

@@ -1,0 +1,143 @@
+//! What each subcommand does: the calls it makes and what it prints.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shippy_proto::consignment::v1 as pb;
+use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
+use shippy_registry::etcd::EtcdClient;
+use shippy_registry::request_id::RequestId;
+use tonic::transport::Channel;
+
+use crate::output::{self, Created};
+use crate::{Connection, CreateArgs, Failure, ListArgs, ServicesArgs, connect, input, services};
+
+type Client = ShippingServiceClient<Channel>;
+
+/// The original CLI's behaviour: submit the file, then list everything.
+pub async fn submit_and_list(args: &CreateArgs) -> Result<(), Failure> {
+    let consignment = read_file(&args.file)?;
+    let mut client = client(&args.connection).await?;
+    let created = create_consignment(&mut client, consignment, args.connection.timeout()).await?;
+    let all = get_consignments(&mut client, args.connection.timeout()).await?;
+    if args.format.json {
+        println!("{}", output::submitted_json(&created, &all));
+    } else {
+        println!("{}", output::created(&created));
+        print!("{}", output::listing(&all));
+    }
+    Ok(())
+}
+
+/// `create`: submit the file and print the created consignment.
+pub async fn create(args: &CreateArgs) -> Result<(), Failure> {
+    let consignment = read_file(&args.file)?;
+    let mut client = client(&args.connection).await?;
+    let created = create_consignment(&mut client, consignment, args.connection.timeout()).await?;
+    if args.format.json {
+        println!("{}", output::created_json(&created));
+    } else {
+        print!("{}", output::created(&created));
+    }
+    Ok(())
+}
+
+/// `list`: print every stored consignment.
+pub async fn list(args: &ListArgs) -> Result<(), Failure> {
+    let mut client = client(&args.connection).await?;
+    let all = get_consignments(&mut client, args.connection.timeout()).await?;
+    if args.format.json {
+        println!("{}", output::listing_json(&all));
+    } else {
+        print!("{}", output::listing(&all));
+    }
+    Ok(())
+}
+
+/// `services`: print what is registered in etcd, with live health.
+pub async fn services(args: &ServicesArgs) -> Result<(), Failure> {
+    let registry = &args.registry;
+    let mut etcd = EtcdClient::connect(&registry.etcd_endpoints)
+        .await
+        .map_err(service_failure)?;
+    let listed = services::gather(
+        &mut etcd,
+        &registry.key_space(),
+        Duration::from_secs(args.health_timeout),
+    )
+    .await
+    .map_err(|err| {
+        Failure::Service(format!(
+            "cannot read the registry from etcd at {}: {err:#}",
+            registry.etcd_endpoints.join(",")
+        ))
+    })?;
+    if args.format.json {
+        println!("{}", output::services_json(&listed));
+    } else {
+        print!("{}", output::services(&listed));
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<pb::Consignment, Failure> {
+    input::read_consignment(path).map_err(|err| Failure::BadInput(format!("{err:#}")))
+}
+
+async fn client(connection: &Connection) -> Result<Client, Failure> {
+    let channel = connect::channel(
+        connection.address.as_ref(),
+        &connection.service_name,
+        &connection.registry,
+    )
+    .await
+    .map_err(service_failure)?;
+    Ok(ShippingServiceClient::new(channel))
+}
+
+/// Creates `consignment` under a fresh request id, which the services log
+/// and which comes back with the answer.
+async fn create_consignment(
+    client: &mut Client,
+    consignment: pb::Consignment,
+    timeout: Duration,
+) -> Result<Created, Failure> {
+    let request_id = RequestId::generate();
+    let mut request = tonic::Request::new(consignment);
+    request.set_timeout(timeout);
+    request_id.insert_into(request.metadata_mut());
+    let response = client
+        .create_consignment(request)
+        .await
+        .map_err(|status| Failure::from_status("CreateConsignment", &status))?;
+    let request_id = RequestId::from_metadata(response.metadata()).unwrap_or(request_id);
+    let response = response.into_inner();
+    let consignment = response
+        .consignment
+        .filter(|_| response.created)
+        .ok_or_else(|| {
+            Failure::Service("consignment-service answered without creating the consignment".into())
+        })?;
+    Ok(Created {
+        consignment,
+        request_id,
+    })
+}
+
+async fn get_consignments(
+    client: &mut Client,
+    timeout: Duration,
+) -> Result<Vec<pb::Consignment>, Failure> {
+    let mut request = tonic::Request::new(pb::GetRequest {});
+    request.set_timeout(timeout);
+    Ok(client
+        .get_consignments(request)
+        .await
+        .map_err(|status| Failure::from_status("GetConsignments", &status))?
+        .into_inner()
+        .consignments)
+}
+
+fn service_failure(err: anyhow::Error) -> Failure {
+    Failure::Service(format!("{err:#}"))
+}

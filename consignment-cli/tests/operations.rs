@@ -1,0 +1,324 @@
+//! What operators see: the CLI's subcommands, the per-call log lines with a
+//! request id that crosses the consignment → vessel hop, and `services`
+//! against a real etcd with two vessel-service instances.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use shippy_test_support::{ChildGuard, Etcd, spawn_service, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+const VESSEL: &str = "/shippy/services/shippy.service.vessel/";
+const CONSIGNMENT: &str = "/shippy/services/shippy.service.consignment/";
+
+fn sample_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json")
+}
+
+async fn wait_for_keys(etcd: &Etcd, prefix: &str, count: usize) {
+    wait_until(
+        DEADLINE,
+        &format!("{count} key(s) under {prefix}"),
+        || async { etcd.get_prefix(prefix).await.unwrap().len() == count },
+    )
+    .await
+    .unwrap();
+}
+
+fn run_cli(etcd: &Etcd, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_consignment-cli"))
+        .env_clear()
+        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs the CLI, expects success, and parses its `--json` output.
+fn run_cli_json(etcd: &Etcd, args: &[&str]) -> Value {
+    let output = run_cli(etcd, args);
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{args:?} printed no JSON ({err}): {output:?}"))
+}
+
+/// The lines of `log` that record a handled call under `request_id`.
+fn text_call_lines(log: &str, request_id: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains(&format!("call{{request_id={request_id}}}")))
+        .filter(|line| line.contains("call handled"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The JSON log records of handled calls under `request_id`; panics on a
+/// line that is not JSON.
+fn json_call_records(log: &str, request_id: &str) -> Vec<Value> {
+    log.lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line)
+                .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"))
+        })
+        .filter(|record| record["message"] == "call handled")
+        .filter(|record| {
+            record["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|span| span["request_id"] == request_id))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn create_and_list_carry_a_request_id_into_both_services_logs() {
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vessel = spawn_service(
+        "vessel-service",
+        etcd.endpoint(),
+        logs.path(),
+        "vessel",
+        &[("SHIPPY_LOG_FORMAT", "json")],
+    )
+    .unwrap();
+    wait_for_keys(&etcd, VESSEL, 1).await;
+    let consignment = spawn_service(
+        "consignment-service",
+        etcd.endpoint(),
+        logs.path(),
+        "consignment",
+        &[],
+    )
+    .unwrap();
+    wait_for_keys(&etcd, CONSIGNMENT, 1).await;
+    let sample = sample_file();
+
+    let created = run_cli_json(&etcd, &["create", "--json", sample.to_str().unwrap()]);
+    let request_id = created["request_id"].as_str().unwrap().to_owned();
+    let id = created["consignment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["consignment"]["vessel_id"], "vessel001",
+        "{created}"
+    );
+    assert_eq!(
+        created["consignment"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(created.get("consignments").is_none(), "{created}");
+
+    let listed = run_cli_json(&etcd, &["list", "--json"]);
+    let consignments = listed["consignments"].as_array().unwrap();
+    assert_eq!(consignments.len(), 1, "{listed}");
+    assert_eq!(consignments[0]["id"], id.as_str());
+
+    let text = run_cli(&etcd, &["create", sample.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with("Created consignment "), "{text}");
+    assert!(text.contains("\n  request_id:  "), "{text}");
+    assert!(!text.contains("All consignments"), "{text}");
+
+    // consignment-service (text logs): one line for the call, under its id.
+    wait_until(
+        DEADLINE,
+        "CreateConsignment logged in consignment-service",
+        || async { !text_call_lines(&consignment.log(), &request_id).is_empty() },
+    )
+    .await
+    .unwrap();
+    let lines = text_call_lines(&consignment.log(), &request_id);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("method=shippy.consignment.v1.ShippingService/CreateConsignment")
+            && lines[0].contains("status=OK")
+            && lines[0].contains("latency_ms="),
+        "{}",
+        lines[0]
+    );
+
+    // vessel-service (JSON logs): the FindAvailable it was asked, under the same id.
+    wait_until(
+        DEADLINE,
+        "FindAvailable logged in vessel-service",
+        || async { !json_call_records(&vessel.log(), &request_id).is_empty() },
+    )
+    .await
+    .unwrap();
+    let records = json_call_records(&vessel.log(), &request_id);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0];
+    assert_eq!(
+        record["method"],
+        "shippy.vessel.v1.VesselService/FindAvailable"
+    );
+    assert_eq!(record["status"], "OK");
+    assert!(
+        record["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{record}"
+    );
+    assert_eq!(record["level"], "INFO");
+}
+
+#[tokio::test]
+async fn a_caller_chosen_request_id_is_kept_and_an_unusable_one_replaced() {
+    use shippy_proto::vessel::v1 as pb;
+    use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
+
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vessel = spawn_service(
+        "vessel-service",
+        etcd.endpoint(),
+        logs.path(),
+        "vessel",
+        &[],
+    )
+    .unwrap();
+    wait_for_keys(&etcd, VESSEL, 1).await;
+    let record: Value = serde_json::from_str(&etcd.get_prefix(VESSEL).await.unwrap()[0].1).unwrap();
+    let address = record["address"].as_str().unwrap();
+    let mut client = VesselServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let find = |id: &str| {
+        let mut request = tonic::Request::new(pb::Specification {
+            capacity: 1,
+            max_weight: 1,
+        });
+        request
+            .metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        request
+    };
+
+    let kept = client.find_available(find("trace-42")).await.unwrap();
+    assert_eq!(kept.metadata().get("x-request-id").unwrap(), "trace-42");
+
+    let too_long = "x".repeat(200);
+    let replaced = client.find_available(find(&too_long)).await.unwrap();
+    let new_id = replaced
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_ne!(new_id, too_long);
+    assert_eq!(new_id.len(), 32, "{new_id}");
+
+    wait_until(DEADLINE, "both calls logged", || async {
+        let log = vessel.log();
+        !text_call_lines(&log, "trace-42").is_empty() && !text_call_lines(&log, new_id).is_empty()
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn services_lists_every_instance_with_lease_and_live_health() {
+    let etcd = Etcd::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let spawn = |name: &str, package: &str| -> ChildGuard {
+        spawn_service(package, etcd.endpoint(), logs.path(), name, &[]).unwrap()
+    };
+    let _first = spawn("vessel-1", "vessel-service");
+    let second = spawn("vessel-2", "vessel-service");
+    wait_for_keys(&etcd, VESSEL, 2).await;
+    let _consignment = spawn("consignment", "consignment-service");
+    wait_for_keys(&etcd, CONSIGNMENT, 1).await;
+
+    let listed = run_cli_json(&etcd, &["services", "--json"]);
+    let services = listed["services"].as_array().unwrap();
+    let names: Vec<_> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["shippy.service.consignment", "shippy.service.vessel"]
+    );
+    let vessels = services[1]["instances"].as_array().unwrap();
+    assert_eq!(vessels.len(), 2, "{listed}");
+    assert_ne!(vessels[0]["address"], vessels[1]["address"], "{listed}");
+    for instance in vessels {
+        assert_eq!(instance["health"], "SERVING", "{instance}");
+        assert_eq!(instance["metadata"]["protocol"], "grpc", "{instance}");
+        assert_eq!(instance["lease_granted_secs"], 10, "{instance}");
+        let left = instance["lease_ttl_secs"].as_u64().unwrap();
+        assert!((1..=10).contains(&left), "{instance}");
+        let key = instance["key"].as_str().unwrap();
+        assert_eq!(key, format!("{VESSEL}{}", instance["id"].as_str().unwrap()));
+    }
+
+    let text = run_cli(&etcd, &["services"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("shippy.service.vessel (2 instances)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shippy.service.consignment (1 instance)\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches(" SERVING ").count(), 3, "{text}");
+    assert!(text.contains("s of 10s"), "{text}");
+
+    // Killed without deregistering: the key stays until its lease runs out,
+    // and live health shows the instance is gone.
+    let second_pid = second.pid();
+    second.signal(Signal::SIGKILL).unwrap();
+    let unreachable = wait_until(DEADLINE, "the killed instance UNREACHABLE", || async {
+        let listed = run_cli_json(&etcd, &["services", "--json"]);
+        listed["services"][1]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|instance| instance["health"] == "UNREACHABLE")
+    })
+    .await;
+    unreachable.unwrap_or_else(|err| panic!("pid {second_pid}: {err:#}"));
+    let listed = run_cli_json(&etcd, &["services", "--json"]);
+    let gone = listed["services"][1]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|instance| instance["health"] == "UNREACHABLE")
+        .unwrap()
+        .clone();
+    assert!(
+        gone["health_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{gone}"
+    );
+    drop(second);
+}
+
+#[tokio::test]
+async fn services_says_so_when_nothing_is_registered_or_etcd_is_down() {
+    let mut etcd = Etcd::start().await.unwrap();
+
+    let empty = run_cli(&etcd, &["services"]);
+    assert!(empty.status.success(), "{empty:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&empty.stdout),
+        "No services are registered.\n"
+    );
+
+    etcd.kill();
+    let down = run_cli(&etcd, &["services"]);
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot read the registry from etcd at "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
