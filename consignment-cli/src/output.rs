@@ -204,9 +204,14 @@ pub fn created_json(created: &Created) -> String {
 
 /// `list --json`: `{"consignments": […]}`.
 pub fn listing_json(consignments: &[pb::Consignment]) -> String {
-    to_json(&serde_json::json!({
-        "consignments": consignments.iter().map(ConsignmentJson::from).collect::<Vec<_>>(),
-    }))
+    to_json(&ListingJson {
+        consignments: consignments.iter().map(ConsignmentJson::from).collect(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct ListingJson<'a> {
+    consignments: Vec<ConsignmentJson<'a>>,
 }
 
 /// The bare form with `--json`: the created consignment and the listing.
@@ -230,27 +235,53 @@ struct CreatedJson<'a> {
 pub fn services_json(services: &BTreeMap<String, Vec<InstanceView>>) -> String {
     let services: Vec<_> = services
         .iter()
-        .map(|(name, instances)| {
-            let instances: Vec<_> = instances
-                .iter()
-                .map(|instance| {
-                    serde_json::json!({
-                        "id": instance.id,
-                        "key": instance.key,
-                        "address": instance.address,
-                        "metadata": instance.metadata,
-                        "lease_id": instance.lease.map(|lease| format!("{:x}", lease.id)),
-                        "lease_ttl_secs": instance.lease.and_then(|lease| lease.ttl_left),
-                        "lease_granted_secs": instance.lease.map(|lease| lease.granted),
-                        "health": instance.health.label(),
-                        "health_error": instance.health.problem(),
-                    })
-                })
-                .collect();
-            serde_json::json!({ "name": name, "instances": instances })
+        .map(|(name, instances)| ServiceJson {
+            name,
+            instances: instances.iter().map(InstanceJson::from).collect(),
         })
         .collect();
-    to_json(&serde_json::json!({ "services": services }))
+    to_json(&ServicesJson { services })
+}
+
+#[derive(Debug, Serialize)]
+struct ServicesJson<'a> {
+    services: Vec<ServiceJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceJson<'a> {
+    name: &'a str,
+    instances: Vec<InstanceJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct InstanceJson<'a> {
+    id: &'a str,
+    key: &'a str,
+    address: Option<&'a str>,
+    health: &'static str,
+    health_error: Option<&'a str>,
+    /// Hexadecimal, as etcdctl prints lease ids.
+    lease_id: Option<String>,
+    lease_ttl_secs: Option<u64>,
+    lease_granted_secs: Option<u64>,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a InstanceView> for InstanceJson<'a> {
+    fn from(instance: &'a InstanceView) -> Self {
+        Self {
+            id: &instance.id,
+            key: &instance.key,
+            address: instance.address.as_deref(),
+            health: instance.health.label(),
+            health_error: instance.health.problem(),
+            lease_id: instance.lease.map(|lease| format!("{:x}", lease.id)),
+            lease_ttl_secs: instance.lease.and_then(|lease| lease.ttl_left),
+            lease_granted_secs: instance.lease.map(|lease| lease.granted),
+            metadata: &instance.metadata,
+        }
+    }
 }
 
 fn to_json(value: &impl Serialize) -> String {
