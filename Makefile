@@ -2,7 +2,7 @@
 #
 #   make build   build release binaries into target/release
 #   make run     run etcd, both services and the CLI on this host (Ctrl-C stops all)
-#   make test    lint, then every test (installs etcd-server when it is missing)
+#   make test    lint, then every test (installs etcd-server and postgresql when missing)
 #   make faults  run the fault tests one at a time and print what they measured
 #
 # protoc is not needed: protox, a protoc-compatible compiler from crates.io,
@@ -18,7 +18,7 @@ PROTOX := $(TOOLS)/bin/protox
 PROTOC ?= $(PROTOX)
 export PROTOC
 
-.PHONY: build run test lint check-format tools etcd clean faults
+.PHONY: build run test lint check-format tools etcd postgres clean faults
 
 build: tools
 	$(CARGO) build --release --workspace --bins
@@ -26,7 +26,7 @@ build: tools
 run: build etcd
 	./scripts/run.sh
 
-test: tools etcd lint
+test: tools etcd postgres lint
 	$(CARGO) test --workspace
 
 lint: tools check-format
@@ -45,6 +45,10 @@ tools:
 
 etcd:
 	@./scripts/install-etcd.sh
+
+# The tests start private PostgreSQL servers from Debian's binaries.
+postgres:
+	@./scripts/install-postgres.sh
 
 clean:
 	$(CARGO) clean

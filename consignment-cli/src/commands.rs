@@ -14,6 +14,9 @@ use crate::{Connection, CreateArgs, Failure, ListArgs, ServicesArgs, connect, in
 
 type Client = ShippingServiceClient<Channel>;
 
+/// Consignments asked for per GetConsignments call.
+const PAGE_SIZE: i32 = 500;
+
 /// The original CLI's behaviour: submit the file, then list everything.
 pub async fn submit_and_list(args: &CreateArgs) -> Result<(), Failure> {
     let consignment = read_file(&args.file)?;
@@ -124,18 +127,31 @@ async fn create_consignment(
     })
 }
 
+/// Every stored consignment, fetched a page at a time so that a large store
+/// never needs one oversized response.
 async fn get_consignments(
     client: &mut Client,
     timeout: Duration,
 ) -> Result<Vec<pb::Consignment>, Failure> {
-    let mut request = tonic::Request::new(pb::GetRequest {});
-    request.set_timeout(timeout);
-    Ok(client
-        .get_consignments(request)
-        .await
-        .map_err(|status| Failure::from_status("GetConsignments", &status))?
-        .into_inner()
-        .consignments)
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let mut request = tonic::Request::new(pb::GetRequest {
+            page_size: PAGE_SIZE,
+            page_token,
+        });
+        request.set_timeout(timeout);
+        let page = client
+            .get_consignments(request)
+            .await
+            .map_err(|status| Failure::from_status("GetConsignments", &status))?
+            .into_inner();
+        all.extend(page.consignments);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 fn service_failure(err: anyhow::Error) -> Failure {

@@ -394,7 +394,7 @@ async fn every_bad_input_gets_one_clear_line_and_stores_nothing() {
             .await
             .unwrap();
     let stored = client
-        .get_consignments(GetRequest {})
+        .get_consignments(GetRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -1,9 +1,13 @@
 //! consignment-service's settings, from flags or `SHIPPY_…` environment variables.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use shippy_registry::{RegistryArgs, ServerArgs};
+
+use crate::repository::StoreLocation;
+use crate::repository::sqlite::FILE_NAME;
 
 /// The name consignment-service registers under unless configured otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.consignment";
@@ -48,6 +52,26 @@ pub struct Config {
     )]
     pub vessel_timeout_secs: u64,
 
+    /// Directory of the embedded SQLite store (consignments.sqlite3),
+    /// created if missing. Not used with --database-url.
+    #[arg(
+        long = "data-dir",
+        env = "SHIPPY_DATA_DIR",
+        default_value = "data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Store consignments here instead: postgres://USER:PASSWORD@HOST:PORT/DB
+    /// (replicas can share it), sqlite://PATH, or memory:// (lost on exit).
+    #[arg(
+        long = "database-url",
+        env = "SHIPPY_DATABASE_URL",
+        value_name = "URL",
+        value_parser = StoreLocation::from_url
+    )]
+    pub database_url: Option<StoreLocation>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub registry: RegistryArgs,
@@ -58,6 +82,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where consignments are stored: `--database-url`, or else the SQLite
+    /// file in `--data-dir`.
+    pub fn store(&self) -> StoreLocation {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| StoreLocation::Sqlite(self.data_dir.join(FILE_NAME)))
+    }
+
     /// The FindAvailable timeout used when the caller set no deadline.
     pub fn vessel_timeout(&self) -> Duration {
         Duration::from_secs(self.vessel_timeout_secs)

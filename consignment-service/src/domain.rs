@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use shippy_proto::consignment::v1 as pb;
 
 use crate::error::ConsignmentError;
+use crate::repository::PageRequest;
 
 /// The longest id (consignment, container, customer, user) accepted.
 pub const MAX_ID_LEN: usize = 128;
@@ -181,6 +182,52 @@ impl From<Consignment> for pb::Consignment {
             vessel_id: consignment.vessel_id,
         }
     }
+}
+
+/// The most consignments one GetConsignments page holds; larger page sizes
+/// are reduced to it.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The consignments a GetConsignments request asks for: `page_size` 0 means
+/// all of them (the original API); `page_token` continues after a previous
+/// page.
+pub fn page_request(request: &pb::GetRequest) -> Result<PageRequest, ConsignmentError> {
+    let limit = match request.page_size {
+        0 => None,
+        size if size < 0 => {
+            return Err(ConsignmentError::invalid(
+                "page_size",
+                "must not be negative",
+            ));
+        }
+        size => Some(
+            u32::try_from(size)
+                .unwrap_or(MAX_PAGE_SIZE)
+                .min(MAX_PAGE_SIZE),
+        ),
+    };
+    let after = match request.page_token.as_str() {
+        "" => None,
+        token => Some(
+            token
+                .parse::<i64>()
+                .ok()
+                .filter(|seq| *seq > 0)
+                .ok_or_else(|| {
+                    ConsignmentError::invalid(
+                        "page_token",
+                        "not a token from a previous GetConsignments response",
+                    )
+                })?,
+        ),
+    };
+    Ok(PageRequest { after, limit })
+}
+
+/// The `next_page_token` for a page that ends at `next_after`; empty when
+/// nothing follows.
+pub fn next_page_token(next_after: Option<i64>) -> String {
+    next_after.map(|seq| seq.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub enum ConsignmentError {
     /// The caller's deadline passed while waiting for vessel-service.
     #[error("deadline exceeded while asking {0} for a vessel")]
     DeadlineExceeded(String),
+    /// The consignment store cannot be reached right now; nothing was stored.
+    #[error("the consignment store is unavailable: {0}")]
+    StoreUnavailable(String),
     /// A fault on our side; details go to the log, not the caller.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -54,6 +57,10 @@ impl From<ConsignmentError> for tonic::Status {
             ConsignmentError::NoVesselFits(_) => Self::not_found(err.to_string()),
             ConsignmentError::VesselUnavailable { .. } => Self::unavailable(err.to_string()),
             ConsignmentError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),
+            ConsignmentError::StoreUnavailable(detail) => {
+                error!(error = %detail, "consignment store unavailable");
+                Self::unavailable("the consignment store is unavailable")
+            }
             ConsignmentError::Internal(cause) => {
                 error!(error = format!("{cause:#}"), "internal error");
                 Self::internal("internal error")

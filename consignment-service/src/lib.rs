@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: flags and `SHIPPY_…` environment variables.
 //! - [`domain`]: validated consignments, parsed from the wire at the edge.
-//! - [`repository`]: the store behind a trait; in memory for now.
+//! - [`repository`]: the store behind a trait: SQLite (default),
+//!   PostgreSQL, or memory.
 //! - [`vessels`]: the discovery-backed vessel-service client and deadline passing.
 //! - [`error`]: failures and their gRPC statuses, in one place.
 //! - [`service`]: the thin tonic handler.

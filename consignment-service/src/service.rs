@@ -1,4 +1,5 @@
-//! The gRPC face of the consignment service: parse, find a vessel, store.
+//! The gRPC face of the consignment service: parse, find a vessel, store;
+//! and list, a page at a time.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use shippy_proto::consignment::v1::shipping_service_server::ShippingService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::domain::NewConsignment;
+use crate::domain::{self, NewConsignment};
 use crate::repository::ConsignmentRepository;
 use crate::vessels::{VesselFinder, deadline_from};
 
@@ -48,19 +49,24 @@ impl ShippingService for ShippingHandler {
             created: true,
             consignment: Some(stored.into()),
             consignments: Vec::new(),
+            next_page_token: String::new(),
         }))
     }
 
     #[tracing::instrument(name = "GetConsignments", skip_all)]
     async fn get_consignments(
         &self,
-        _request: Request<pb::GetRequest>,
+        request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::Response>, Status> {
-        let consignments = self.repository.all().await?;
+        let page = self
+            .repository
+            .list(domain::page_request(request.get_ref())?)
+            .await?;
         Ok(Response::new(pb::Response {
             created: false,
             consignment: None,
-            consignments: consignments.into_iter().map(Into::into).collect(),
+            consignments: page.consignments.into_iter().map(Into::into).collect(),
+            next_page_token: domain::next_page_token(page.next_after),
         }))
     }
 }

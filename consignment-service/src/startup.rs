@@ -12,7 +12,7 @@ use tonic::service::Routes;
 use tracing::info;
 
 use crate::config::Config;
-use crate::repository::InMemoryRepository;
+use crate::repository;
 use crate::service::ShippingHandler;
 use crate::vessels::VesselFinder;
 
@@ -27,12 +27,16 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the listen address (port 0 allowed), starts following
-    /// vessel-service in etcd and prepares registration. A missing etcd is
-    /// not an error: both registration and discovery retry until it answers.
+    /// Opens the consignment store, binds the listen address (port 0
+    /// allowed), starts following vessel-service in etcd and prepares
+    /// registration. A missing etcd is not an error: both registration and
+    /// discovery retry until it answers. A store that cannot be opened is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // The store first: a bad data directory or an unreachable database
+        // stops the service before it registers anywhere.
+        let repository = repository::open(&config.store()).await?;
         let client = EtcdClient::connect(&config.registry.etcd_endpoints).await?;
-        // Bind first, so a busy port is reported before waiting on etcd.
+        // Bind before discovery, so a busy port is reported before waiting on etcd.
         let server = RegisteredServer::bind(
             &config.service_name,
             &config.server,
@@ -51,10 +55,7 @@ impl Application {
             "following vessel-service in etcd"
         );
         let vessels = Arc::new(VesselFinder::new(discovery, config.vessel_timeout()));
-        let handler = ShippingHandler::new(
-            Arc::new(InMemoryRepository::default()),
-            Arc::clone(&vessels),
-        );
+        let handler = ShippingHandler::new(repository, Arc::clone(&vessels));
         Ok(Self {
             server,
             vessels,

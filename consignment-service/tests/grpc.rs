@@ -71,7 +71,9 @@ async fn spawn_vessel_service(etcd: &Etcd) -> Running {
 
 /// Starts consignment-service and waits until it sees `vessels` vessel instances.
 async fn spawn_consignment_service(etcd: &Etcd, vessels: usize, extra: &[&str]) -> Running {
-    let config = consignment_service::Config::try_parse_from(args(etcd, extra)).unwrap();
+    // The handler is under test here, not the store.
+    let extra = [&["--database-url=memory://"], extra].concat();
+    let config = consignment_service::Config::try_parse_from(args(etcd, &extra)).unwrap();
     let app = consignment_service::Application::build(config)
         .await
         .unwrap();
@@ -134,7 +136,7 @@ async fn a_consignment_is_stored_with_the_vessel_found_through_etcd() {
         .unwrap()
         .into_inner();
     let listed = client
-        .get_consignments(pb::GetRequest {})
+        .get_consignments(pb::GetRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -180,7 +182,7 @@ async fn refusals_carry_the_right_status_and_store_nothing() {
     assert!(err.message().contains("c-1"), "{}", err.message());
 
     let listed = client
-        .get_consignments(pb::GetRequest {})
+        .get_consignments(pb::GetRequest::default())
         .await
         .unwrap()
         .into_inner();

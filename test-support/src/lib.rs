@@ -7,6 +7,7 @@
 //! - [`workspace_bin`]: builds (once per test run) and locates a binary of
 //!   another workspace package; [`spawn_service`] starts a service binary.
 //! - [`wait_until`]: polls a condition until it holds or a deadline passes.
+//! - [`Postgres`]: a private, real PostgreSQL server on a free loopback port.
 //!
 //! Nothing here is mocked: tests talk to the same etcd and binaries users run.
 
@@ -23,10 +24,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+mod postgres;
+pub use postgres::Postgres;
+
 /// How long a freshly started etcd may take to answer.
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often [`wait_until`] re-checks its condition.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// A free TCP port on 127.0.0.1, found by binding port 0 and letting go.
 pub fn free_port() -> anyhow::Result<u16> {
@@ -378,6 +382,8 @@ impl Drop for ChildGuard {
 /// Starts the binary of service package `package` (vessel-service or
 /// consignment-service) against `etcd_endpoints` on a free loopback port,
 /// with a clean environment plus `env`, logging to `<log_dir>/<name>.log`.
+/// consignment-service's store goes in `<log_dir>/<name>-data` unless `env`
+/// says otherwise.
 pub fn spawn_service(
     package: &str,
     etcd_endpoints: &str,
@@ -391,6 +397,7 @@ pub fn spawn_service(
         .env("SHIPPY_ETCD_ENDPOINTS", etcd_endpoints)
         .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
+        .env("SHIPPY_DATA_DIR", log_dir.join(format!("{name}-data")))
         .envs(env.iter().copied());
     ChildGuard::spawn_logged(&mut command, &log_dir.join(format!("{name}.log")))
 }
