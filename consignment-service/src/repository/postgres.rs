@@ -5,9 +5,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::{
     ConsignmentRepository, Page, PageRequest, containers_to_json, row_to_consignment, store_error,
@@ -32,15 +33,25 @@ impl PostgresRepository {
         let shown = redacted(url);
         let options = PgConnectOptions::from_str(url)
             .with_context(|| format!("invalid PostgreSQL URL {shown}"))?;
+        // One direct connection first: the pool would retry until its
+        // timeout and then report only that it timed out, not why.
+        let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| anyhow!("no answer within {ACQUIRE_TIMEOUT:?}"))
+            .and_then(|connected| connected.map_err(|err| anyhow!("{err}")))
+            .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+        let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
+            .map_err(|err| anyhow!("{err}"))
             .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
             .await
+            .map_err(|err| anyhow!("{err}"))
             .with_context(|| format!("cannot migrate the schema of PostgreSQL at {shown}"))?;
         Ok(Self { pool })
     }

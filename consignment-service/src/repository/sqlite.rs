@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -57,10 +57,13 @@ impl SqliteRepository {
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
+            // sqlx's message already ends with its cause.
+            .map_err(|err| anyhow!("{err}"))
             .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
+            .map_err(|err| anyhow!("{err}"))
             .with_context(|| {
                 format!(
                     "cannot prepare the SQLite store {} (is it an SQLite database of this service?)",
