@@ -14,23 +14,5 @@ if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null; then
-    echo "PostgreSQL is not installed and this is not a Debian-based system:" >&2
-    echo "install PostgreSQL 13 or newer, or set SHIPPY_PG_BIN to its bin directory." >&2
-    exit 1
-fi
-
-sudo=()
-if [[ $(id -u) -ne 0 ]]; then
-    if command -v sudo >/dev/null; then
-        sudo=(sudo)
-    else
-        echo "PostgreSQL is not installed; run as root: apt-get install postgresql" >&2
-        exit 1
-    fi
-fi
-
-echo "Installing Debian's postgresql"
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql >/dev/null
+"$(dirname "$0")/apt-install.sh" postgresql
 ls -d /usr/lib/postgresql/*/bin

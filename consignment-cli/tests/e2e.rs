@@ -5,43 +5,19 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+mod common;
+
+use common::{CONSIGNMENT, DEADLINE, VESSEL, run_cli, sample_file, wait_for_keys};
 use shippy_test_support::{ChildGuard, Etcd, free_port, spawn_service, wait_until, workspace_bin};
-
-const DEADLINE: Duration = Duration::from_secs(15);
-const VESSEL: &str = "/shippy/services/shippy.service.vessel/";
-const CONSIGNMENT: &str = "/shippy/services/shippy.service.consignment/";
-
-fn sample_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json")
-}
 
 /// Starts a service binary against `etcd` on a free port, logging into `logs`.
 fn spawn(etcd: &Etcd, package: &str, logs: &Path) -> ChildGuard {
     spawn_service(package, etcd.endpoint(), logs, package, &[]).unwrap()
-}
-
-async fn wait_for_keys(etcd: &Etcd, prefix: &str, count: usize) {
-    wait_until(
-        DEADLINE,
-        &format!("{count} key(s) under {prefix}"),
-        || async { etcd.get_prefix(prefix).await.unwrap().len() == count },
-    )
-    .await
-    .unwrap();
-}
-
-fn run_cli(etcd: &Etcd, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consignment-cli"))
-        .env_clear()
-        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[tokio::test]

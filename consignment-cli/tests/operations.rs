@@ -5,40 +5,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use nix::sys::signal::Signal;
 use serde_json::Value;
+mod common;
+
+use common::{CONSIGNMENT, DEADLINE, VESSEL, run_cli, sample_file, wait_for_keys};
 use shippy_test_support::{ChildGuard, Etcd, spawn_service, wait_until};
-
-const DEADLINE: Duration = Duration::from_secs(15);
-const VESSEL: &str = "/shippy/services/shippy.service.vessel/";
-const CONSIGNMENT: &str = "/shippy/services/shippy.service.consignment/";
-
-fn sample_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json")
-}
-
-async fn wait_for_keys(etcd: &Etcd, prefix: &str, count: usize) {
-    wait_until(
-        DEADLINE,
-        &format!("{count} key(s) under {prefix}"),
-        || async { etcd.get_prefix(prefix).await.unwrap().len() == count },
-    )
-    .await
-    .unwrap();
-}
-
-fn run_cli(etcd: &Etcd, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_consignment-cli"))
-        .env_clear()
-        .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Runs the CLI, expects success, and parses its `--json` output.
 fn run_cli_json(etcd: &Etcd, args: &[&str]) -> Value {
