@@ -14,5 +14,13 @@ if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     exit 0
 fi
 
+# Debian's package would otherwise create a "main" cluster on port 5432 and
+# start it where it can; the tests need only the binaries.
+if [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.conf >/dev/null
+fi
 "$(dirname "$0")/apt-install.sh" postgresql
 ls -d /usr/lib/postgresql/*/bin

@@ -205,6 +205,20 @@ async fn services_lists_every_instance_with_lease_and_live_health() {
     let _consignment = spawn("consignment", "consignment-service");
     wait_for_keys(&etcd, CONSIGNMENT, 1).await;
 
+    // Registered comes just before SERVING: wait for health to follow.
+    wait_until(DEADLINE, "every instance SERVING", || async {
+        let listed = run_cli_json(&etcd, &["services", "--json"]);
+        listed["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|service| service["instances"].as_array().unwrap())
+            .filter(|instance| instance["health"] == "SERVING")
+            .count()
+            == 3
+    })
+    .await
+    .unwrap();
     let listed = run_cli_json(&etcd, &["services", "--json"]);
     let services = listed["services"].as_array().unwrap();
     let names: Vec<_> = services

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use shippy_registry::{RegistryArgs, ServerArgs};
 
-use crate::repository::StoreLocation;
 use crate::repository::sqlite::FILE_NAME;
+use crate::repository::{DatabaseUrl, StoreLocation};
 
 /// The name consignment-service registers under unless configured otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.consignment";
@@ -68,9 +68,11 @@ pub struct Config {
         long = "database-url",
         env = "SHIPPY_DATABASE_URL",
         value_name = "URL",
-        value_parser = StoreLocation::from_url
+        // It may hold a password: never echo it in --help or errors.
+        hide_env_values = true,
+        value_parser = |url: &str| anyhow::Ok(DatabaseUrl(url.to_owned()))
     )]
-    pub database_url: Option<StoreLocation>,
+    pub database_url: Option<DatabaseUrl>,
 
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -84,14 +86,43 @@ pub struct Config {
 impl Config {
     /// Where consignments are stored: `--database-url`, or else the SQLite
     /// file in `--data-dir`.
-    pub fn store(&self) -> StoreLocation {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| StoreLocation::Sqlite(self.data_dir.join(FILE_NAME)))
+    pub fn store(&self) -> anyhow::Result<StoreLocation> {
+        match &self.database_url {
+            Some(DatabaseUrl(url)) => StoreLocation::from_url(url)
+                .map_err(|problem| anyhow::anyhow!("invalid --database-url: {problem}")),
+            None => Ok(StoreLocation::Sqlite(self.data_dir.join(FILE_NAME))),
+        }
     }
 
     /// The FindAvailable timeout used when the caller set no deadline.
     pub fn vessel_timeout(&self) -> Duration {
         Duration::from_secs(self.vessel_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_echoing_it() {
+        let config = Config::try_parse_from([
+            "consignment-service",
+            "--database-url=postgress://shippy:hunter2@db/shippy",
+        ])
+        .unwrap();
+        let err = config.store().unwrap_err().to_string();
+        assert!(err.starts_with("invalid --database-url: expected"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_default_store_is_sqlite_in_the_data_dir() {
+        let config = Config::try_parse_from(["consignment-service", "--data-dir=/srv/x"]).unwrap();
+        assert_eq!(
+            config.store().unwrap(),
+            StoreLocation::Sqlite("/srv/x/consignments.sqlite3".into())
+        );
     }
 }

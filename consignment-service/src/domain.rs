@@ -234,6 +234,41 @@ pub fn next_page_token(next_after: Option<i64>) -> String {
 mod tests {
     use super::*;
 
+    fn get(page_size: i32, page_token: &str) -> pb::GetRequest {
+        pb::GetRequest {
+            page_size,
+            page_token: page_token.into(),
+        }
+    }
+
+    #[test]
+    fn paging_requests_are_read_and_checked() {
+        assert_eq!(page_request(&get(0, "")).unwrap(), PageRequest::default());
+        assert_eq!(
+            page_request(&get(10, "42")).unwrap(),
+            PageRequest {
+                after: Some(42),
+                limit: Some(10)
+            }
+        );
+        assert_eq!(
+            page_request(&get(i32::MAX, "")).unwrap().limit,
+            Some(MAX_PAGE_SIZE)
+        );
+        for (request, field) in [
+            (get(-1, ""), "page_size"),
+            (get(1, "abc"), "page_token"),
+            (get(1, "0"), "page_token"),
+            (get(1, "-5"), "page_token"),
+        ] {
+            let status = tonic::Status::from(page_request(&request).unwrap_err());
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(field), "{}", status.message());
+        }
+        assert_eq!(next_page_token(Some(7)), "7");
+        assert_eq!(next_page_token(None), "");
+    }
+
     fn container(customer: &str) -> pb::Container {
         pb::Container {
             id: String::new(),

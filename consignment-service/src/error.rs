@@ -31,7 +31,9 @@ pub enum ConsignmentError {
     /// The caller's deadline passed while waiting for vessel-service.
     #[error("deadline exceeded while asking {0} for a vessel")]
     DeadlineExceeded(String),
-    /// The consignment store cannot be reached right now; nothing was stored.
+    /// The consignment store cannot be reached, or is too busy, right now.
+    /// When this cuts a commit short, the consignment may or may not have
+    /// been stored: retry with the same id to find out (ALREADY_EXISTS).
     #[error("the consignment store is unavailable: {0}")]
     StoreUnavailable(String),
     /// A fault on our side; details go to the log, not the caller.

@@ -34,7 +34,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         // The store first: a bad data directory or an unreachable database
         // stops the service before it registers anywhere.
-        let repository = repository::open(&config.store()).await?;
+        let repository = repository::open(&config.store()?).await?;
         let client = EtcdClient::connect(&config.registry.etcd_endpoints).await?;
         // Bind before discovery, so a busy port is reported before waiting on etcd.
         let server = RegisteredServer::bind(

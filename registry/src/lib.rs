@@ -18,6 +18,7 @@
 //! - [`telemetry`]: log output for the binaries.
 //! - [`request_id`]: the id that follows a call across services.
 //! - [`request_log`]: one log line per served call.
+//! - [`grpc_timeout`]: parsing the caller's `grpc-timeout`.
 
 mod backoff;
 pub mod binary;
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
+pub mod grpc_timeout;
 pub mod health;
 pub mod pool;
 pub mod record;

@@ -6,9 +6,11 @@
 //! `call{request_id=…}` span so every line the handler logs names the call,
 //! and logs the call once it is over. A gRPC status travels in the response
 //! headers (an error with no body) or in the trailers after the body, so the
-//! line is written when the response body is finished with: after the
-//! trailers are sent, or when the caller goes away first (logged as
-//! CANCELLED).
+//! line is written when the call is finished with: after the trailers are
+//! sent, or when the call is dropped before any status, which is logged as
+//! DEADLINE_EXCEEDED when the caller's `grpc-timeout` has passed (tonic's
+//! timeout, which wraps this layer, drops the call) and as CANCELLED when
+//! the caller went away.
 //!
 //! Health checks log at debug, so that a healthcheck polling every few
 //! seconds does not bury the calls that matter; `RUST_LOG=debug` shows them.
@@ -24,6 +26,7 @@ use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
+use crate::grpc_timeout;
 use crate::request_id::{self, RequestId};
 
 /// Logs every call of the service it wraps.
@@ -60,7 +63,6 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
-        let method = request.uri().path().trim_start_matches('/').to_owned();
         let id = request
             .headers()
             .get(request_id::HEADER)
@@ -76,19 +78,28 @@ where
                 .insert(request_id::HEADER, value.clone());
         }
         let span = info_span!("call", request_id = %id);
-        let handled = request_id::scope(id, self.inner.call(request)).instrument(span.clone());
+        // Made now, so that a call dropped at any point is still logged.
+        let record = CallRecord {
+            method: request.uri().path().trim_start_matches('/').to_owned(),
+            started,
+            deadline: request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|value| value.to_str().ok())
+                .and_then(grpc_timeout::parse)
+                .and_then(|timeout| started.checked_add(timeout)),
+            span: span.clone(),
+            status: None,
+        };
+        let handled = request_id::scope(id, self.inner.call(request)).instrument(span);
         Box::pin(async move {
+            let mut record = record;
             let response = handled.await?;
             let (mut parts, body) = response.into_parts();
             if let Some(value) = id_header {
                 parts.headers.insert(request_id::HEADER, value);
             }
-            let record = CallRecord {
-                method,
-                started,
-                span,
-                status: grpc_status(&parts.headers),
-            };
+            record.status = grpc_status(&parts.headers);
             Ok(http::Response::from_parts(
                 parts,
                 LoggedBody {
@@ -140,6 +151,8 @@ struct CallRecord {
     /// `package.Service/Method`.
     method: String,
     started: Instant,
+    /// When the caller's `grpc-timeout` runs out, if it sent one.
+    deadline: Option<Instant>,
     /// The call's span, which holds its request id.
     span: Span,
     /// The gRPC status once the response carried one.
@@ -152,22 +165,34 @@ impl Drop for CallRecord {
         // Milliseconds with microsecond precision read best in both formats.
         let latency_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
         let method = self.method.as_str();
-        let Some(code) = self.status else {
-            info!(
-                method = %method,
-                status = "CANCELLED",
-                latency_ms,
-                "call ended before a status was sent (the caller went away)"
-            );
-            return;
+        let (status, message) = match self.status {
+            Some(code) => (status_name(code), ""),
+            None if self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline) =>
+            {
+                (
+                    "DEADLINE_EXCEEDED",
+                    "the caller's deadline passed before the call was answered",
+                )
+            }
+            None => (
+                "CANCELLED",
+                "the caller went away before the call was answered",
+            ),
         };
-        let status = status_name(code);
+        let failed = matches!(
+            self.status,
+            Some(Code::Internal | Code::Unknown | Code::DataLoss)
+        );
         if method.starts_with("grpc.health.v1.Health/") {
             debug!(method = %method, status = %status, latency_ms, "call handled");
-        } else if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
+        } else if failed {
             warn!(method = %method, status = %status, latency_ms, "call failed");
-        } else {
+        } else if message.is_empty() {
             info!(method = %method, status = %status, latency_ms, "call handled");
+        } else {
+            info!(method = %method, status = %status, latency_ms, "call handled: {message}");
         }
     }
 }
@@ -203,7 +228,94 @@ pub fn status_name(code: Code) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
     use super::*;
+
+    /// Log output collected in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A handler that answers OK at once for `/t.S/Fast` and never for anything else.
+    async fn handler(
+        request: http::Request<()>,
+    ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+        if request.uri().path() != "/t.S/Fast" {
+            std::future::pending::<()>().await;
+        }
+        let mut response = http::Response::new(tonic::body::Body::empty());
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("0"));
+        Ok(response)
+    }
+
+    #[test]
+    fn every_call_is_logged_once_even_when_dropped_unanswered() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut service = RequestLogLayer.layer(tower::service_fn(handler));
+                let call = |path: &str, timeout: Option<&'static str>| {
+                    let mut request = http::Request::builder().uri(path);
+                    if let Some(timeout) = timeout {
+                        request = request.header("grpc-timeout", timeout);
+                    }
+                    request.body(()).unwrap()
+                };
+                let answered = service.call(call("/t.S/Fast", None)).await.unwrap();
+                drop(answered);
+                // Dropped as tonic drops a call whose deadline passed, and
+                // as hyper drops one whose caller went away.
+                let late = service.call(call("/t.S/Late", Some("1m")));
+                let _ = tokio::time::timeout(Duration::from_millis(20), late).await;
+                let gone = service.call(call("/t.S/Gone", Some("1H")));
+                let _ = tokio::time::timeout(Duration::from_millis(1), gone).await;
+            });
+        });
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<_> = logs.lines().collect();
+        assert_eq!(lines.len(), 3, "{logs}");
+        assert!(
+            lines[0].contains("method=t.S/Fast status=OK latency_ms="),
+            "{logs}"
+        );
+        assert!(
+            lines[1].contains("method=t.S/Late status=DEADLINE_EXCEEDED"),
+            "{logs}"
+        );
+        assert!(
+            lines[2].contains("method=t.S/Gone status=CANCELLED"),
+            "{logs}"
+        );
+        assert!(
+            lines.iter().all(|line| line.contains("call{request_id=")),
+            "{logs}"
+        );
+    }
 
     #[test]
     fn the_status_is_read_from_headers_or_trailers() {

@@ -141,7 +141,9 @@ impl RegisteredServer {
         let incoming = accept_connections(self.listener);
         let mut server = tokio::spawn(
             Server::builder()
-                // Outermost, so the log shows the status callers receive.
+                // Outside the size-limit mapping, so the log shows the status
+                // callers receive. (tonic's own timeout wraps both; the log
+                // names a call it drops as DEADLINE_EXCEEDED.)
                 .layer(RequestLogLayer)
                 .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
                 .add_routes(routes)

@@ -19,7 +19,7 @@ const USER: &str = "shippy";
 /// A running PostgreSQL server, stopped and deleted when dropped.
 pub struct Postgres {
     /// The postmaster.
-    _process: ChildGuard,
+    process: ChildGuard,
     port: u16,
     /// Holds the cluster, its socket and its log.
     _dir: TempDir,
@@ -67,6 +67,8 @@ impl Postgres {
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            // Throwaway data: skip the syncs that make a real server durable.
+            .args(["-c", "fsync=off"])
             .arg("-k")
             .arg(dir.path());
         as_owner(&mut server, owner);
@@ -88,7 +90,7 @@ impl Postgres {
             tokio::time::sleep(POLL_INTERVAL * 4).await;
         }
         Ok(Self {
-            _process: process,
+            process,
             port,
             _dir: dir,
         })
@@ -97,6 +99,30 @@ impl Postgres {
     /// A connection URL for database `postgres`.
     pub fn url(&self) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+/// How long a server may take to stop when dropped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for Postgres {
+    /// Stops the server with a fast shutdown (SIGINT), so it releases its
+    /// shared memory, before its directory is deleted; killed if it lingers.
+    fn drop(&mut self) {
+        if self
+            .process
+            .signal(nix::sys::signal::Signal::SIGINT)
+            .is_err()
+        {
+            return;
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(self.process.try_exit(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 }
 

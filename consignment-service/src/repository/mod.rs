@@ -82,6 +82,19 @@ impl Page {
     }
 }
 
+/// A `--database-url` as given, shown without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match StoreLocation::from_url(&self.0) {
+            Ok(location) => location.fmt(f),
+            Err(_) => f.write_str("DatabaseUrl(unrecognised)"),
+        }
+    }
+}
+
 /// Where consignments are stored, as configured.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -153,7 +166,7 @@ struct StoredContainer {
 }
 
 /// The `containers` column's JSON for `containers`.
-fn containers_to_json(containers: &[Container]) -> String {
+fn containers_to_json(containers: &[Container]) -> Result<String, ConsignmentError> {
     let stored: Vec<_> = containers
         .iter()
         .map(|container| StoredContainer {
@@ -163,8 +176,9 @@ fn containers_to_json(containers: &[Container]) -> String {
             user_id: container.user_id.clone(),
         })
         .collect();
-    // A list of string-only structs always serialises.
-    serde_json::to_string(&stored).unwrap_or_default()
+    serde_json::to_string(&stored).map_err(|err| {
+        ConsignmentError::Internal(anyhow::anyhow!("cannot encode containers: {err}"))
+    })
 }
 
 /// The containers in a `containers` column, or why the stored value is
@@ -187,17 +201,42 @@ fn containers_from_json(json: &str) -> Result<Vec<Container>, ConsignmentError> 
 }
 
 /// A database failure as the caller sees it: a taken id, a store that
-/// cannot be reached right now, or an internal error.
+/// cannot be reached or is too busy right now, or an internal error.
 fn store_error(id: &str, err: sqlx::Error) -> ConsignmentError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             ConsignmentError::AlreadyExists(id.to_owned())
+        }
+        sqlx::Error::Database(db) if transient(db.as_ref()) => {
+            ConsignmentError::StoreUnavailable(err.to_string())
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             ConsignmentError::StoreUnavailable(err.to_string())
         }
         _ => ConsignmentError::Internal(anyhow::Error::new(err).context("consignment store")),
     }
+}
+
+/// Whether a database error means "try again later".
+fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        Some(postgres) => postgres_transient(postgres.code()),
+        None => db
+            .code()
+            .and_then(|code| code.parse().ok())
+            .is_some_and(sqlite_transient),
+    }
+}
+
+/// SQLite's BUSY and LOCKED, including their extended codes.
+fn sqlite_transient(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6)
+}
+
+/// PostgreSQL's connection exceptions (class 08), shutdown and start-up
+/// (57P01 to 57P03), and too many connections (53300).
+fn postgres_transient(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 /// A consignment and its `seq` from a row of `SELECT seq, id, description,
@@ -373,9 +412,25 @@ mod tests {
     }
 
     #[test]
+    fn busy_and_disconnected_databases_are_transient() {
+        assert!([5, 6, 517, 262].into_iter().all(sqlite_transient));
+        assert!(![1, 19, 2067, 11].into_iter().any(sqlite_transient));
+        assert!(
+            ["08006", "08001", "57P01", "53300"]
+                .into_iter()
+                .all(postgres_transient)
+        );
+        assert!(
+            !["23505", "42P01", "22001"]
+                .into_iter()
+                .any(postgres_transient)
+        );
+    }
+
+    #[test]
     fn containers_round_trip_through_their_json_column() {
         let containers = contract::consignment("a").containers;
-        let json = containers_to_json(&containers);
+        let json = containers_to_json(&containers).unwrap();
         assert_eq!(containers_from_json(&json).unwrap(), containers);
         assert!(containers_from_json("{").is_err());
     }

@@ -18,6 +18,8 @@ use crate::error::ConsignmentError;
 
 /// How long getting a connection may take, at start and per call.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The advisory lock key creates take turns on ("shippy-c" in ASCII).
+const CREATE_LOCK: i64 = 0x7368_6970_7079_2d63;
 /// Connections each replica keeps at most.
 const MAX_CONNECTIONS: u32 = 8;
 
@@ -74,6 +76,18 @@ pub fn redacted(url: &str) -> String {
 #[async_trait]
 impl ConsignmentRepository for PostgresRepository {
     async fn create(&self, consignment: Consignment) -> Result<Consignment, ConsignmentError> {
+        let containers = containers_to_json(&consignment.containers)?;
+        let failed = |err| store_error(&consignment.id, err);
+        // Creates take turns, so that seq order is commit order. Otherwise
+        // a reader paging by seq could pass seq 42 (committed) while seq 41
+        // (allocated earlier, committed later) is still invisible, and never
+        // see 41.
+        let mut transaction = self.pool.begin().await.map_err(failed)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CREATE_LOCK)
+            .execute(&mut *transaction)
+            .await
+            .map_err(failed)?;
         sqlx::query(
             "INSERT INTO consignments (id, description, weight, vessel_id, containers) \
              VALUES ($1, $2, $3, $4, $5::jsonb)",
@@ -82,10 +96,11 @@ impl ConsignmentRepository for PostgresRepository {
         .bind(&consignment.description)
         .bind(i64::from(consignment.weight))
         .bind(&consignment.vessel_id)
-        .bind(containers_to_json(&consignment.containers))
-        .execute(&self.pool)
+        .bind(containers)
+        .execute(&mut *transaction)
         .await
-        .map_err(|err| store_error(&consignment.id, err))?;
+        .map_err(failed)?;
+        transaction.commit().await.map_err(failed)?;
         Ok(consignment)
     }
 

@@ -92,6 +92,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 #[async_trait]
 impl ConsignmentRepository for SqliteRepository {
     async fn create(&self, consignment: Consignment) -> Result<Consignment, ConsignmentError> {
+        let containers = containers_to_json(&consignment.containers)?;
         sqlx::query(
             "INSERT INTO consignments (id, description, weight, vessel_id, containers) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -100,7 +101,7 @@ impl ConsignmentRepository for SqliteRepository {
         .bind(&consignment.description)
         .bind(i64::from(consignment.weight))
         .bind(&consignment.vessel_id)
-        .bind(containers_to_json(&consignment.containers))
+        .bind(containers)
         .execute(&self.pool)
         .await
         .map_err(|err| store_error(&consignment.id, err))?;
@@ -165,7 +166,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reopening_finds_what_was_stored_in_wal_mode() {
+    async fn reopening_finds_what_was_stored_in_wal_mode_with_full_sync() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteRepository::open_in(dir.path()).await.unwrap();
         store.create(contract::consignment("kept")).await.unwrap();
@@ -174,6 +175,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+        // 2 is FULL: the WAL is synced at every commit.
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2);
         drop(store);
 
         let again = SqliteRepository::open_in(dir.path()).await.unwrap();
