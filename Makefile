@@ -4,6 +4,8 @@
 #   make run     run etcd, both services and the CLI on this host (Ctrl-C stops all)
 #   make test    lint, then every test (installs etcd-server and postgresql when missing)
 #   make faults  run the fault tests one at a time and print what they measured
+#   make bench   build release binaries, benchmark them against a raw gRPC floor,
+#                write BENCHMARKS.md and BENCHMARKS.json (make test runs a smoke run)
 #
 # protoc is not needed: protox, a protoc-compatible compiler from crates.io,
 # is installed under .tools/ on first use and passed to the build as PROTOC.
@@ -18,7 +20,7 @@ PROTOX := $(TOOLS)/bin/protox
 PROTOC ?= $(PROTOX)
 export PROTOC
 
-.PHONY: build run test lint check-format tools etcd postgres clean faults
+.PHONY: build run test lint check-format tools etcd postgres clean faults bench
 
 build: tools
 	$(CARGO) build --release --workspace --bins
@@ -60,3 +62,12 @@ faults: tools etcd
 	@$(CARGO) test -p consignment-service --test faults -- --test-threads=1 --nocapture >.run/faults.log 2>&1 \
 		|| { cat .run/faults.log; exit 1; }
 	@sed -n 's/.*fault: /- /p' .run/faults.log
+
+# Runs the whole benchmark (a few minutes) on the release binaries and
+# rewrites BENCHMARKS.md and BENCHMARKS.json in the repository root.
+# perf (Debian's linux-perf) profiles the services when a target does not
+# hold; without it the report says no profile was taken.
+bench: build etcd
+	@command -v perf >/dev/null || ./scripts/apt-install.sh linux-perf \
+		|| echo "perf is not available: the benchmark runs without a profile"
+	$(CARGO) run --release --quiet -p shippy-bench -- suite --out $(CURDIR)
