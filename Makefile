@@ -7,12 +7,21 @@
 #   make bench   build release binaries, benchmark them against a raw gRPC floor,
 #                write BENCHMARKS.md and BENCHMARKS.json (make test runs a smoke run)
 #
+# In containers, with docker-compose v1.29 or the compose v2 plugin:
+#   make up           build the images and run etcd, both services and the CLI (docker-compose up --build)
+#   make down         remove the containers and network; the consignments volume stays
+#   make docker-build build the images without starting anything
+#   make compose-e2e  check docker-compose.yml end to end on stand-in images made
+#                     locally, with no registry (CI runs it after make test)
+#
 # protoc is not needed: protox, a protoc-compatible compiler from crates.io,
 # is installed under .tools/ on first use and passed to the build as PROTOC.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
+# The compose v2 plugin when it is installed, else docker-compose v1.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 TOOLS := $(CURDIR)/.tools
 PROTOX_VERSION := 0.10.0
@@ -21,6 +30,7 @@ PROTOC ?= $(PROTOX)
 export PROTOC
 
 .PHONY: build run test lint check-format tools etcd postgres clean faults bench
+.PHONY: up down docker-build compose-e2e
 
 build: tools
 	$(CARGO) build --release --workspace --bins
@@ -71,3 +81,15 @@ bench: build etcd
 	@command -v perf >/dev/null || ./scripts/apt-install.sh linux-perf \
 		|| echo "perf is not available: the benchmark runs without a profile"
 	$(CARGO) run --release --quiet -p shippy-bench -- suite --out $(CURDIR)
+
+up:
+	$(COMPOSE) up --build
+
+down:
+	$(COMPOSE) down --remove-orphans
+
+docker-build:
+	$(COMPOSE) build
+
+compose-e2e:
+	COMPOSE="$(COMPOSE)" ./scripts/compose-e2e.sh
