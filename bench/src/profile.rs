@@ -149,7 +149,15 @@ pub async fn under_load(
         );
     }
     let _ = std::fs::remove_file(&data);
-    let samples = parse_script(&String::from_utf8_lossy(&script.stdout));
+    let text = String::from_utf8_lossy(&script.stdout);
+    let samples = parse_script(&text);
+    if samples.is_empty() {
+        bail!(
+            "perf recorded no samples of pids {pids}: {} {}",
+            String::from_utf8_lossy(&recorded.stderr).trim(),
+            text.lines().take(3).collect::<Vec<_>>().join(" / ")
+        );
+    }
     let seconds = window.as_secs_f64();
     Ok(Profile {
         concurrency,
@@ -426,6 +434,10 @@ pub fn write_markdown(md: &mut String, outcome: &Outcome) -> std::fmt::Result {
     )?;
     for profile in profiles {
         writeln!(md)?;
+        writeln!(md, "{}", in_short(profile))?;
+    }
+    for profile in profiles {
+        writeln!(md)?;
         writeln!(
             md,
             "### Concurrency {} ({:.0} s sampled, {:.0} CreateConsignment/s under perf)",
@@ -472,6 +484,41 @@ pub fn write_markdown(md: &mut String, outcome: &Outcome) -> std::fmt::Result {
         }
     }
     Ok(())
+}
+
+/// One sentence per profile: how much of each service's CPU went to its
+/// handler, to logging, and to the gRPC stack and runtime around them.
+fn in_short(profile: &Profile) -> String {
+    let share = |process: &ProcessProfile, names: &[&str]| -> f64 {
+        process
+            .areas
+            .iter()
+            .filter(|area| names.iter().any(|name| area.name.starts_with(name)))
+            .map(|area| area.percent)
+            .sum()
+    };
+    let parts: Vec<String> = profile
+        .processes
+        .iter()
+        .map(|process| {
+            format!(
+                "{} spends {:.0}% of its CPU inside its handler, {:.0}% under logging \
+                 (formatting and writing a line per call, system calls included), {:.0}% in the \
+                 HTTP/2, HTTP and gRPC layers and socket I/O, and {:.0}% in the tokio scheduler \
+                 parking and waking threads",
+                process.name,
+                process.handler_inclusive_percent,
+                process.logging_inclusive_percent,
+                share(process, &["HTTP", "gRPC", "socket", "protobuf"]),
+                share(process, &[SCHEDULER]),
+            )
+        })
+        .collect();
+    format!(
+        "**In short, at concurrency {}:** {} (the handler and logging shares overlap where the handler logs).",
+        profile.concurrency,
+        parts.join("; ")
+    )
 }
 
 /// A symbol cut to a readable length.

@@ -39,6 +39,8 @@ pub(crate) const SMOKE_CONCURRENCY: u32 = 8;
 const SETTLE: Duration = Duration::from_secs(1);
 /// How often memory is sampled during a window.
 const RSS_INTERVAL: Duration = Duration::from_millis(100);
+/// How many windows a profile may take before the report says why none was taken.
+const PROFILE_ATTEMPTS: u32 = 3;
 /// Each call's deadline, as the CLI sets one.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -356,18 +358,30 @@ async fn profile_windows(
             timeout: CALL_TIMEOUT,
             label: format!("e2e under perf c={concurrency}"),
         };
-        let profiled = profile::under_load(
-            &processes,
-            concurrency,
-            settings.warmup(),
-            settings.window(),
-            dir,
-            async {
-                let summary = load::run(create, &options).await?;
-                Ok(summary.throughput)
-            },
-        )
-        .await;
+        // perf has been seen to come back with no samples now and then on
+        // a busy virtual machine; one more window usually has them.
+        let mut attempt = 0;
+        let profiled = loop {
+            attempt += 1;
+            let profiled = profile::under_load(
+                &processes,
+                concurrency,
+                settings.warmup(),
+                settings.window(),
+                dir,
+                async {
+                    let summary = load::run(create, &options).await?;
+                    Ok(summary.throughput)
+                },
+            )
+            .await;
+            match profiled {
+                Err(err) if attempt < PROFILE_ATTEMPTS => {
+                    eprintln!("    no profile ({err:#}); trying again");
+                }
+                outcome => break outcome,
+            }
+        };
         match profiled {
             Ok(profile) => profiles.push(profile),
             Err(err) => {
