@@ -30,7 +30,7 @@ where
             }
         };
     }
-    telemetry::init(args.log_format);
+    let _flush_on_exit = telemetry::init(args.log_format);
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -16,13 +17,22 @@ pub enum LogFormat {
 
 /// Sends logs to stderr in `format`. `RUST_LOG` sets the filter; without it,
 /// shippy's own crates log at info and everything else at warn.
-pub fn init(format: LogFormat) {
+///
+/// Lines are written by a background thread, so a call does not pay for
+/// the write itself; only when that thread's queue is full does a caller
+/// wait, rather than a line being dropped. Keep the returned guard until
+/// exit: dropping it flushes what is still queued.
+#[must_use = "dropping the guard stops log output"]
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("warn,shippy_registry=info,vessel_service=info,consignment_service=info")
     });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         // Event fields at the top level, and every enclosing span under
@@ -34,4 +44,5 @@ pub fn init(format: LogFormat) {
             .with_span_list(true)
             .init(),
     }
+    guard
 }
