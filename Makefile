@@ -38,11 +38,13 @@ build: tools
 run: build etcd
 	./scripts/run.sh
 
+# --locked: a Cargo.lock out of step with the manifests fails here, as it
+# would fail the image build (cargo build --locked in the Dockerfile).
 test: tools etcd postgres lint
-	$(CARGO) test --workspace
+	$(CARGO) test --locked --workspace
 
 lint: tools check-format
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 check-format:
 	$(CARGO) fmt --all -- --check
