@@ -1,18 +1,17 @@
 //! What each subcommand does: the calls it makes and what it prints.
 
 use std::path::Path;
-use std::time::Duration;
 
+use shippy_client::{RequestId, SendOnce, ServiceChannel};
 use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
-use shippy_registry::etcd::EtcdClient;
-use shippy_registry::request_id::RequestId;
-use tonic::transport::Channel;
+use shippy_registry::EtcdClient;
 
+use crate::config::{Connection, CreateArgs, ListArgs, ServicesArgs};
 use crate::output::{self, Created};
-use crate::{Connection, CreateArgs, Failure, ListArgs, ServicesArgs, connect, input, services};
+use crate::{Failure, connect, input, services};
 
-type Client = ShippingServiceClient<Channel>;
+type Client = ShippingServiceClient<ServiceChannel>;
 
 /// Consignments asked for per GetConsignments call.
 const PAGE_SIZE: i32 = 500;
@@ -21,8 +20,8 @@ const PAGE_SIZE: i32 = 500;
 pub async fn submit_and_list(args: &CreateArgs) -> Result<(), Failure> {
     let consignment = read_file(&args.file)?;
     let mut client = client(&args.connection).await?;
-    let created = create_consignment(&mut client, consignment, args.connection.timeout()).await?;
-    let all = get_consignments(&mut client, args.connection.timeout()).await?;
+    let created = create_consignment(&mut client, consignment).await?;
+    let all = get_consignments(&mut client).await?;
     if args.format.json {
         println!("{}", output::submitted_json(&created, &all));
     } else {
@@ -36,7 +35,7 @@ pub async fn submit_and_list(args: &CreateArgs) -> Result<(), Failure> {
 pub async fn create(args: &CreateArgs) -> Result<(), Failure> {
     let consignment = read_file(&args.file)?;
     let mut client = client(&args.connection).await?;
-    let created = create_consignment(&mut client, consignment, args.connection.timeout()).await?;
+    let created = create_consignment(&mut client, consignment).await?;
     if args.format.json {
         println!("{}", output::created_json(&created));
     } else {
@@ -48,7 +47,7 @@ pub async fn create(args: &CreateArgs) -> Result<(), Failure> {
 /// `list`: print every stored consignment.
 pub async fn list(args: &ListArgs) -> Result<(), Failure> {
     let mut client = client(&args.connection).await?;
-    let all = get_consignments(&mut client, args.connection.timeout()).await?;
+    let all = get_consignments(&mut client).await?;
     if args.format.json {
         println!("{}", output::listing_json(&all));
     } else {
@@ -63,18 +62,14 @@ pub async fn services(args: &ServicesArgs) -> Result<(), Failure> {
     let mut etcd = EtcdClient::connect(&registry.etcd_endpoints)
         .await
         .map_err(service_failure)?;
-    let listed = services::gather(
-        &mut etcd,
-        &registry.key_space(),
-        Duration::from_secs(args.health_timeout),
-    )
-    .await
-    .map_err(|err| {
-        Failure::Service(format!(
-            "cannot read the registry from etcd at {}: {err:#}",
-            registry.etcd_endpoints.join(",")
-        ))
-    })?;
+    let listed = services::gather(&mut etcd, &registry.key_space(), args.health_timeout())
+        .await
+        .map_err(|err| {
+            Failure::Service(format!(
+                "cannot read the registry from etcd at {}: {err:#}",
+                registry.etcd_endpoints.join(",")
+            ))
+        })?;
     if args.format.json {
         println!("{}", output::services_json(&listed));
     } else {
@@ -92,6 +87,7 @@ async fn client(connection: &Connection) -> Result<Client, Failure> {
         connection.address.as_ref(),
         &connection.service_name,
         &connection.registry,
+        connection.timeout(),
     )
     .await
     .map_err(service_failure)?;
@@ -99,15 +95,16 @@ async fn client(connection: &Connection) -> Result<Client, Failure> {
 }
 
 /// Creates `consignment` under a fresh request id, which the services log
-/// and which comes back with the answer.
+/// and which comes back with the answer. It is sent to a second instance
+/// only if the first could not be reached at all, so that it is never
+/// stored twice.
 async fn create_consignment(
     client: &mut Client,
     consignment: pb::Consignment,
-    timeout: Duration,
 ) -> Result<Created, Failure> {
     let request_id = RequestId::generate();
     let mut request = tonic::Request::new(consignment);
-    request.set_timeout(timeout);
+    request.extensions_mut().insert(SendOnce);
     request_id.insert_into(request.metadata_mut());
     let response = client
         .create_consignment(request)
@@ -129,18 +126,14 @@ async fn create_consignment(
 
 /// Every stored consignment, fetched a page at a time so that a large store
 /// never needs one oversized response.
-async fn get_consignments(
-    client: &mut Client,
-    timeout: Duration,
-) -> Result<Vec<pb::Consignment>, Failure> {
+async fn get_consignments(client: &mut Client) -> Result<Vec<pb::Consignment>, Failure> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
-        let mut request = tonic::Request::new(pb::GetRequest {
+        let request = tonic::Request::new(pb::GetRequest {
             page_size: PAGE_SIZE,
             page_token,
         });
-        request.set_timeout(timeout);
         let page = client
             .get_consignments(request)
             .await

@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
+use shippy_client::{RequestId, status};
 use shippy_proto::consignment::v1 as pb;
 use shippy_registry::catalog::LeaseState;
-use shippy_registry::request_id::RequestId;
-use shippy_registry::request_log::status_name;
 
 use crate::services::InstanceView;
 
@@ -290,11 +289,11 @@ fn to_json(value: &impl Serialize) -> String {
 }
 
 /// A gRPC status for a person: its canonical code name and message.
-pub fn status(call: &str, status: &tonic::Status) -> String {
+pub fn status(call: &str, failure: &tonic::Status) -> String {
     format!(
         "{call} failed: {}: {}",
-        status_name(status.code()),
-        status.message()
+        status::name(failure.code()),
+        failure.message()
     )
 }
 

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use shippy_registry::KeySpace;
+use shippy_client::health::{self, WireStatus};
 use shippy_registry::catalog::{self, Entry, LeaseState};
-use shippy_registry::etcd::EtcdClient;
-use shippy_registry::health::{self, WireStatus};
+use shippy_registry::{EtcdClient, KeySpace};
 
 /// One registered instance, or one unreadable record.
 #[derive(Debug)]

@@ -4,15 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use shippy_registry::{RegistryArgs, ServerArgs};
+use shippy_proto::{consignment, vessel};
+use shippy_registry::RegistryArgs;
+use shippy_server::ServerArgs;
 
 use crate::repository::sqlite::FILE_NAME;
 use crate::repository::{DatabaseUrl, StoreLocation};
-
-/// The name consignment-service registers under unless configured otherwise.
-pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.consignment";
-/// The name vessel-service is looked up by unless configured otherwise.
-pub const DEFAULT_VESSEL_SERVICE: &str = "shippy.service.vessel";
 
 /// Stores consignments, each with a vessel chosen by vessel-service. Finds
 /// vessel-service by name through etcd and registers itself there too.
@@ -27,7 +24,7 @@ pub struct Config {
     #[arg(
         long = "service-name",
         env = "SHIPPY_CONSIGNMENT_SERVICE",
-        default_value = DEFAULT_SERVICE_NAME,
+        default_value = consignment::SERVICE_NAME,
         value_name = "NAME"
     )]
     pub service_name: String,
@@ -36,7 +33,7 @@ pub struct Config {
     #[arg(
         long = "vessel-service",
         env = "SHIPPY_VESSEL_SERVICE",
-        default_value = DEFAULT_VESSEL_SERVICE,
+        default_value = vessel::SERVICE_NAME,
         value_name = "NAME"
     )]
     pub vessel_service: String,

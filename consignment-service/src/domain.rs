@@ -106,6 +106,14 @@ impl NewConsignment {
         })
     }
 
+    /// What a vessel must carry for this consignment.
+    pub fn vessel_specification(&self) -> shippy_proto::vessel::v1::Specification {
+        shippy_proto::vessel::v1::Specification {
+            capacity: i32::try_from(self.container_count()).unwrap_or(i32::MAX),
+            max_weight: i32::try_from(self.weight).unwrap_or(i32::MAX),
+        }
+    }
+
     /// How many containers need carrying.
     pub fn container_count(&self) -> u32 {
         // Bounded by MAX_CONTAINERS at parse time.

@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::domain::{self, NewConsignment};
 use crate::repository::ConsignmentRepository;
-use crate::vessels::{VesselFinder, deadline_from};
+use crate::vessels::VesselFinder;
 
 /// Serves CreateConsignment and GetConsignments.
 pub struct ShippingHandler {
@@ -37,12 +37,8 @@ impl ShippingService for ShippingHandler {
         &self,
         request: Request<pb::Consignment>,
     ) -> Result<Response<pb::Response>, Status> {
-        let deadline = deadline_from(request.metadata());
         let new = NewConsignment::parse(request.into_inner())?;
-        let vessel_id = self
-            .vessels
-            .find(new.container_count(), new.weight(), deadline)
-            .await?;
+        let vessel_id = self.vessels.find(new.vessel_specification()).await?;
         let stored = self.repository.create(new.assign(vessel_id)).await?;
         info!(id = %stored.id, vessel_id = %stored.vessel_id, "consignment created");
         Ok(Response::new(pb::Response {

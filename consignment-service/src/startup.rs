@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use shippy_client::ServiceChannel;
 use shippy_proto::consignment::v1::shipping_service_server::ShippingServiceServer;
-use shippy_registry::etcd::EtcdClient;
-use shippy_registry::{Discovery, RegisteredServer, Services};
+use shippy_registry::{Discovery, EtcdClient, InstanceMap};
+use shippy_server::{RegisteredServer, Services};
 use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -54,7 +55,10 @@ impl Application {
             instances = discovery.instances().borrow().len(),
             "following vessel-service in etcd"
         );
-        let vessels = Arc::new(VesselFinder::new(discovery, config.vessel_timeout()));
+        let vessels = Arc::new(VesselFinder::new(ServiceChannel::following(
+            discovery,
+            config.vessel_timeout(),
+        )));
         let handler = ShippingHandler::new(repository, Arc::clone(&vessels));
         Ok(Self {
             server,
@@ -69,10 +73,8 @@ impl Application {
     }
 
     /// The vessel-service instances currently known.
-    pub fn vessel_instances(
-        &self,
-    ) -> watch::Receiver<Arc<shippy_registry::discovery::InstanceMap>> {
-        self.vessels.discovery().instances()
+    pub fn vessel_instances(&self) -> watch::Receiver<Arc<InstanceMap>> {
+        self.vessels.channel().instances()
     }
 
     /// Serves until `shutdown` resolves, then deregisters and drains.

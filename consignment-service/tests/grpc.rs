@@ -12,7 +12,7 @@ use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
 use shippy_proto::vessel::v1 as vessel_pb;
 use shippy_proto::vessel::v1::vessel_service_server::{VesselService, VesselServiceServer};
-use shippy_registry::etcd::EtcdClient;
+use shippy_registry::EtcdClient;
 use shippy_registry::{KeySpace, Registration, RegistrationState, ServiceRecord};
 use shippy_test_support::Etcd;
 use tokio::sync::oneshot;

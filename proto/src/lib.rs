@@ -1,12 +1,17 @@
 //! Generated wire types and gRPC client/server stubs for shippy.
 //!
 //! This crate holds no logic: the services parse these types into their own
-//! domain types at the edge. Packages are versioned (`shippy.<service>.v1`) so
+//! domain types at the edge. Beside each package are the names its service
+//! registers under in etcd, since callers depend on them as on the stubs. Packages are versioned (`shippy.<service>.v1`) so
 //! a breaking change can ship as `v2` beside the old one.
 #![allow(missing_docs, clippy::all)]
 
 /// The consignment service's messages and stubs.
 pub mod consignment {
+    /// The name consignment-service registers under in etcd unless
+    /// configured otherwise, and that callers look it up by.
+    pub const SERVICE_NAME: &str = "shippy.service.consignment";
+
     /// Version 1 of `shippy.consignment`.
     pub mod v1 {
         tonic::include_proto!("shippy.consignment.v1");
@@ -15,6 +20,10 @@ pub mod consignment {
 
 /// The vessel service's messages and stubs.
 pub mod vessel {
+    /// The name vessel-service registers under in etcd unless configured
+    /// otherwise, and that callers look it up by.
+    pub const SERVICE_NAME: &str = "shippy.service.vessel";
+
     /// Version 1 of `shippy.vessel`.
     pub mod v1 {
         tonic::include_proto!("shippy.vessel.v1");

@@ -5,15 +5,11 @@
 //! with each key's lease, as `consignment-cli services` shows them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use etcd_client::GetOptions;
 
 use crate::etcd::EtcdClient;
 use crate::record::{KeySpace, RecordError, ServiceRecord, decode_instance};
-
-/// How long each etcd request may take before the next member is asked.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One key found under the key space.
 #[derive(Debug)]
@@ -48,18 +44,14 @@ pub async fn read(
 ) -> anyhow::Result<BTreeMap<String, Vec<Entry>>> {
     let prefix = keys.all_services_prefix();
     let response = etcd
-        .first_answer(
-            REQUEST_TIMEOUT,
-            &format!("reading {prefix}"),
-            |mut client| {
-                let prefix = prefix.clone();
-                async move {
-                    client
-                        .get(prefix, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            },
-        )
+        .first_answer(&format!("reading {prefix}"), |mut client| {
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
         .await?;
     let mut services: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     let mut leases = BTreeMap::new();
@@ -98,11 +90,9 @@ fn service_of<'k>(prefix: &str, key: &'k str) -> &'k str {
 /// What etcd says of lease `id` now.
 async fn lease_state(etcd: &mut EtcdClient, id: i64) -> anyhow::Result<LeaseState> {
     let answer = etcd
-        .first_answer(
-            REQUEST_TIMEOUT,
-            &format!("reading lease {id:x}"),
-            |mut client| async move { client.lease_time_to_live(id, None).await },
-        )
+        .first_answer(&format!("reading lease {id:x}"), |mut client| async move {
+            client.lease_time_to_live(id, None).await
+        })
         .await?;
     Ok(LeaseState {
         id,

@@ -1,58 +1,41 @@
-//! Finding a service's instances in etcd and balancing calls across them.
+//! Following one service's instances in etcd.
 //!
 //! [`Discovery::start`] reads the service's instances once, then follows a
 //! watch from that read's revision + 1, so no change is missed or seen twice.
-//! The instances feed a [`Pool`] that spreads calls over them and fails over
-//! from an unreachable one: a call never reads etcd. When the watch breaks, it resumes from the last
-//! revision seen; when that revision has been compacted away, it reads again
-//! and applies the difference. While etcd is down the last known instances
-//! stay in use.
+//! It publishes the instances on a watch channel, which the client side
+//! turns into connections; a call never reads etcd. When the watch breaks,
+//! it resumes from the last revision seen; when that revision has been
+//! compacted away, it reads again and applies the difference. While etcd is
+//! down the last known instances stay published.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::anyhow;
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::backoff::Backoff;
 use crate::etcd::EtcdClient;
-use crate::pool::{CallError, Member, Members, Pool};
 use crate::record::{AdvertiseAddr, Instance, KeySpace, decode_instance, instance_key_from};
-
-/// How long a read of the instances may take before it counts as failed.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long dialing one instance may take; a dead instance must fail fast so
-/// the balancer moves on.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a connection to an instance is pinged, and how long a ping may
-/// go unanswered before the connection counts as dead (a host that vanished
-/// without closing its connections).
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-const PING_TIMEOUT: Duration = Duration::from_secs(3);
-/// The first and the longest pause between attempts while etcd is unreachable.
-const RETRY_INITIAL: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(1);
+use crate::retry::{Backoff, HELD_LONG_ENOUGH, Outage, Subject};
 
 /// The instances of one service known right now, by etcd key.
 pub type InstanceMap = BTreeMap<String, AdvertiseAddr>;
 
-/// A live view of one service's instances, and calls spread over them.
+/// What the follower does while etcd is down, for the outage log line.
+const WHILE_DOWN: &str = "keeping the last known instances";
+
+/// A live view of one service's instances.
 ///
-/// Dropping it stops following etcd.
+/// Dropping it stops following etcd; receivers handed out keep the last
+/// instances they saw.
 #[derive(Debug)]
 pub struct Discovery {
     /// The service name, for error messages.
     service: String,
-    /// Spreads calls over the current instances.
-    pool: Pool,
     /// The instances' addresses, for watchers.
     instances: watch::Receiver<Arc<InstanceMap>>,
     /// The follower task, aborted on drop.
@@ -68,7 +51,7 @@ impl Discovery {
     /// itself. If etcd does not answer, following starts anyway and
     /// instances are added as soon as it does.
     pub async fn start(etcd: EtcdClient, keys: &KeySpace, service: &str) -> Self {
-        let (mut follower, instances, members) = Follower::new(etcd, keys, service);
+        let (mut follower, instances) = Follower::new(etcd, keys, service);
         let first_read = match follower.resync().await {
             Ok(revision) => Some(revision),
             Err(err) => {
@@ -78,7 +61,6 @@ impl Discovery {
         };
         Self {
             service: service.to_owned(),
-            pool: Pool::new(members),
             instances,
             task: tokio::spawn(follower.run(first_read)),
         }
@@ -87,21 +69,6 @@ impl Discovery {
     /// The name of the service followed.
     pub fn service(&self) -> &str {
         &self.service
-    }
-
-    /// Whether any instance is known.
-    pub fn has_instances(&self) -> bool {
-        !self.pool.is_empty()
-    }
-
-    /// Runs an idempotent `call` on one instance, moving on to another while
-    /// instances are unreachable, until `deadline`. See [`Pool::call`].
-    pub async fn call<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, CallError>
-    where
-        F: FnMut(Channel, Duration) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
-    {
-        self.pool.call(deadline, call).await
     }
 
     /// A receiver that sees the instance map every time it changes.
@@ -125,7 +92,6 @@ pub async fn read_instances(
 ) -> anyhow::Result<(Vec<Instance>, i64)> {
     let response = etcd
         .first_answer(
-            READ_TIMEOUT,
             &format!("reading {service_prefix}"),
             |mut client| async move {
                 client
@@ -136,7 +102,6 @@ pub async fn read_instances(
         .await?;
     Ok(decode_response(service_prefix, &response))
 }
-
 /// The decodable instances in a read, and the read's revision.
 fn decode_response(
     service_prefix: &str,
@@ -172,7 +137,7 @@ enum WatchEnd {
     },
 }
 
-/// The background task that mirrors etcd into the pool.
+/// The background task that mirrors etcd into the published instances.
 struct Follower {
     /// Moves to another etcd member when one fails.
     etcd: EtcdClient,
@@ -180,14 +145,12 @@ struct Follower {
     service: String,
     /// `<prefix>/<service>/`, the keys followed.
     prefix: String,
-    /// The members now, to diff a fresh read against.
-    known: BTreeMap<String, Arc<Member>>,
-    /// Publishes the instances' addresses after every change.
+    /// The instances now, to diff a fresh read against.
+    known: InstanceMap,
+    /// Publishes the instances after every change.
     published: watch::Sender<Arc<InstanceMap>>,
-    /// Publishes the members to the pool after every change.
-    members: watch::Sender<Members>,
-    /// Whether the last attempt failed, so an outage is logged once.
-    etcd_failing: bool,
+    /// Logs an etcd outage once, not per retry.
+    outage: Outage,
 }
 
 impl Follower {
@@ -196,29 +159,23 @@ impl Follower {
         etcd: EtcdClient,
         keys: &KeySpace,
         service: &str,
-    ) -> (
-        Self,
-        watch::Receiver<Arc<InstanceMap>>,
-        watch::Receiver<Members>,
-    ) {
+    ) -> (Self, watch::Receiver<Arc<InstanceMap>>) {
         let (published, instances) = watch::channel(Arc::new(InstanceMap::new()));
-        let (members_tx, members) = watch::channel(Members::default());
         let follower = Self {
             etcd,
             service: service.to_owned(),
             prefix: keys.service_prefix(service),
-            known: BTreeMap::new(),
+            known: InstanceMap::new(),
             published,
-            members: members_tx,
-            etcd_failing: false,
+            outage: Outage::new(Subject::Service(service.to_owned())),
         };
-        (follower, instances, members)
+        (follower, instances)
     }
 
     /// Follows etcd forever, resuming after `resume_after` when the initial
     /// read succeeded.
     async fn run(mut self, mut resume_after: Option<i64>) {
-        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut backoff = Backoff::default();
         loop {
             let revision = match resume_after {
                 Some(revision) => revision,
@@ -235,7 +192,7 @@ impl Follower {
             let end = self.follow(revision + 1).await;
             // A watch that lasted was a success: the next problem starts the
             // backoff from the beginning.
-            if started.elapsed() >= RETRY_MAX {
+            if started.elapsed() >= HELD_LONG_ENOUGH {
                 backoff.reset();
             }
             match end {
@@ -360,31 +317,11 @@ impl Follower {
 
     /// Adds an instance unless it is already there unchanged.
     fn insert(&mut self, key: String, address: AdvertiseAddr) {
-        if self
-            .known
-            .get(&key)
-            .is_some_and(|member| *member.address() == address)
-        {
+        if self.known.get(&key) == Some(&address) {
             return;
         }
-        let channel = match Endpoint::from_shared(address.http_uri()) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(DIAL_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(PING_INTERVAL)
-                .keep_alive_timeout(PING_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .connect_lazy(),
-            Err(err) => {
-                warn!(%key, %address, error = %err, "skipping instance with an undialable address");
-                // Its old address, if any, is no longer what it registered.
-                self.remove(&key);
-                return;
-            }
-        };
         info!(service = %self.service, %key, %address, "instance added");
-        let member = Member::new(key.clone(), address, channel);
-        self.known.insert(key, Arc::new(member));
+        self.known.insert(key, address);
     }
 
     /// Removes an instance if it is there.
@@ -395,42 +332,24 @@ impl Follower {
     }
 
     fn publish(&self) {
-        let addresses = self
-            .known
-            .iter()
-            .map(|(key, member)| (key.clone(), member.address().clone()))
-            .collect();
-        self.published.send_replace(Arc::new(addresses));
-        self.members
-            .send_replace(Arc::new(self.known.values().cloned().collect()));
+        self.published.send_replace(Arc::new(self.known.clone()));
     }
 
     /// Logs a failed etcd request (once per outage) and moves to the next member.
     fn failed(&mut self, err: &anyhow::Error) {
         self.etcd.fail_over();
-        if self.etcd_failing {
-            debug!(service = %self.service, error = format!("{err:#}"), "etcd still unreachable");
-        } else {
-            warn!(
-                service = %self.service,
-                error = format!("{err:#}"),
-                instances = self.known.len(),
-                "etcd unreachable; keeping the last known instances"
-            );
-            self.etcd_failing = true;
-        }
+        self.outage.failed(err, WHILE_DOWN);
     }
 
     fn recovered(&mut self) {
-        if self.etcd_failing {
-            info!(service = %self.service, "etcd reachable again");
-            self.etcd_failing = false;
-        }
+        self.outage.recovered();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use etcd_client::CompactionOptions;
     use shippy_test_support::Etcd;
 
@@ -476,7 +395,7 @@ mod tests {
         let etcd = EtcdClient::connect(&[server.endpoint().to_owned()])
             .await
             .unwrap();
-        let (mut follower, mut instances, _members) = Follower::new(etcd, &keys, "svc");
+        let (mut follower, mut instances) = Follower::new(etcd, &keys, "svc");
         // As if "a" had been seen before the watch broke.
         follower.insert(keys.instance_key("svc", "a"), "h:1".parse().unwrap());
 

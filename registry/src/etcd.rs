@@ -14,9 +14,11 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use etcd_client::{Client, ConnectOptions};
 use tracing::debug;
+
+use crate::retry::within;
 
 /// How long one attempt to open a TCP connection to an etcd member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,27 +95,19 @@ impl EtcdClient {
     }
 
     /// Sends `request` to the member in use, and to each next member while
-    /// one fails or does not answer within `timeout`. The error names `what`
-    /// was asked and the last member tried.
-    pub async fn first_answer<T, F, Fut>(
-        &mut self,
-        timeout: Duration,
-        what: &str,
-        mut request: F,
-    ) -> anyhow::Result<T>
+    /// one fails or does not answer in time. The error names `what` was
+    /// asked and the last member tried.
+    pub async fn first_answer<T, F, Fut>(&mut self, what: &str, mut request: F) -> anyhow::Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut attempts_left = self.member_count();
         loop {
-            let failure = match tokio::time::timeout(timeout, request(self.client().clone())).await
-            {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(err)) => anyhow!(err),
-                Err(_) => anyhow!("etcd did not answer within {timeout:?}"),
-            }
-            .context(format!("{what} from {}", self.endpoint()));
+            let failure = match within(request(self.client().clone())).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) => err.context(format!("{what} from {}", self.endpoint())),
+            };
             attempts_left -= 1;
             if attempts_left == 0 {
                 return Err(failure);

@@ -1,44 +1,30 @@
-//! Service registration and discovery over etcd for the shippy services.
+//! The service registry over etcd: where each instance's record lives, how
+//! an instance keeps it there, and how others find it.
 //!
 //! - [`record`]: the key layout and the JSON record stored per instance.
 //! - [`registration`]: keeps an instance's record on a renewed lease and
 //!   removes it on stop.
 //! - [`discovery`]: follows a service's instances in etcd.
-//! - [`pool`]: spreads calls over those instances and fails over from an
-//!   unreachable one.
-//! - [`server`]: the bind → serve → register → deregister → drain lifecycle
-//!   both services share.
 //! - [`catalog`]: every registered service and instance at once, for
 //!   operators.
-//! - [`config`]: the clap settings for all of the above.
-//! - [`shutdown`]: the SIGINT/SIGTERM future.
-//! - [`binary`]: the shared body of the service binaries' `main`.
 //! - [`etcd`]: one etcd client per member, failing over between them.
-//! - [`health`]: the gRPC health status, following registration and shutdown.
-//! - [`telemetry`]: log output for the binaries.
-//! - [`request_id`]: the id that follows a call across services.
-//! - [`request_log`]: one log line per served call.
-//! - [`grpc_timeout`]: parsing the caller's `grpc-timeout`.
+//! - [`retry`]: the request timeout, backoff and outage logging all of the
+//!   above share.
+//! - [`config`]: the clap settings that say where the registry is.
+//!
+//! Serving (`shippy-server`) and calling (`shippy-client`) build on this
+//! crate; it knows nothing of gRPC services itself.
 
-mod backoff;
-pub mod binary;
 pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
-pub mod grpc_timeout;
-pub mod health;
-pub mod pool;
 pub mod record;
 pub mod registration;
-pub mod request_id;
-pub mod request_log;
-pub mod server;
-pub mod shutdown;
-pub mod telemetry;
+pub mod retry;
 
-pub use config::{RegistryArgs, ServerArgs};
-pub use discovery::Discovery;
+pub use config::RegistryArgs;
+pub use discovery::{Discovery, InstanceMap};
+pub use etcd::EtcdClient;
 pub use record::{AdvertiseAddr, KeySpace, ServiceRecord};
 pub use registration::{Registration, RegistrationState};
-pub use server::{RegisteredServer, Services};

@@ -23,15 +23,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::etcd::EtcdClient;
 use crate::record::ServiceRecord;
+use crate::retry::{Backoff, HELD_LONG_ENOUGH, Outage, Subject, within};
 
-/// How long a single etcd request may take before it counts as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-/// The first and the longest pause between attempts while etcd is unreachable.
-const RETRY_INITIAL: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(1);
+/// What the registration does while etcd is down, for the outage log line.
+const WHILE_DOWN: &str = "will keep retrying";
 
 /// Where the instance's registration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +83,7 @@ impl Registration {
             ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
             state: state_tx,
             stop: stop.clone(),
-            etcd_failing: false,
+            outage: Outage::new(Subject::Key(key.clone())),
         };
         let task = tokio::spawn(keeper.run());
         Self {
@@ -156,14 +153,14 @@ struct Keeper {
     state: watch::Sender<RegistrationState>,
     /// Cancelled by `deregister` or drop.
     stop: CancellationToken,
-    /// Whether the last attempt failed, so an outage is logged once, not per retry.
-    etcd_failing: bool,
+    /// Logs an etcd outage once, not per retry.
+    outage: Outage,
 }
 
 impl Keeper {
     /// Keeps the key in etcd until stopped, then revokes the lease.
     async fn run(mut self) {
-        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut backoff = Backoff::default();
         let mut lease: Option<Lease> = None;
         let stop = self.stop.clone();
         loop {
@@ -191,7 +188,7 @@ impl Keeper {
             };
             // A hold that lasted was a success: the next problem starts the
             // backoff from the beginning.
-            let lasted = started.elapsed() >= RETRY_MAX;
+            let lasted = started.elapsed() >= HELD_LONG_ENOUGH;
             if lasted {
                 backoff.reset();
             }
@@ -359,12 +356,7 @@ impl Keeper {
     /// Logs a failed etcd request (once per outage) and moves to the next member.
     fn failed(&mut self, err: &anyhow::Error) {
         self.etcd.fail_over();
-        if self.etcd_failing {
-            debug!(key = %self.key, error = format!("{err:#}"), "etcd still unreachable");
-        } else {
-            warn!(key = %self.key, error = format!("{err:#}"), "etcd unreachable; will keep retrying");
-            self.etcd_failing = true;
-        }
+        self.outage.failed(err, WHILE_DOWN);
     }
 
     fn set_state(&self, state: RegistrationState) {
@@ -372,20 +364,7 @@ impl Keeper {
     }
 
     fn recovered(&mut self) {
-        if self.etcd_failing {
-            info!(key = %self.key, "etcd reachable again");
-            self.etcd_failing = false;
-        }
-    }
-}
-
-/// Runs one etcd request with the request timeout.
-async fn within<T>(
-    request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(result) => result.map_err(anyhow::Error::from),
-        Err(_) => Err(anyhow!("etcd did not answer within {REQUEST_TIMEOUT:?}")),
+        self.outage.recovered();
     }
 }
 

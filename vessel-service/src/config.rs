@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use shippy_registry::{RegistryArgs, ServerArgs};
-
-/// The name vessel-service registers under unless configured otherwise.
-pub const DEFAULT_SERVICE_NAME: &str = "shippy.service.vessel";
+use shippy_proto::vessel::SERVICE_NAME;
+use shippy_registry::RegistryArgs;
+use shippy_server::ServerArgs;
 
 /// Finds an available vessel for a consignment. Registers itself in etcd
 /// so that consignment-service can find it by name.
@@ -21,7 +20,7 @@ pub struct Config {
     #[arg(
         long = "service-name",
         env = "SHIPPY_VESSEL_SERVICE",
-        default_value = DEFAULT_SERVICE_NAME,
+        default_value = SERVICE_NAME,
         value_name = "NAME"
     )]
     pub service_name: String,

@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shippy_registry::{binary, shutdown};
+use shippy_server::{runtime, shutdown};
 use vessel_service::{Application, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
     let server = config.server.clone();
-    binary::run(&server, || async {
+    runtime::run(&server, || async {
         Application::build(config)
             .await?
             .run_until_stopped(shutdown::signal())

@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use shippy_proto::vessel::v1::vessel_service_server::VesselServiceServer;
-use shippy_registry::etcd::EtcdClient;
-use shippy_registry::{RegisteredServer, Services};
+use shippy_registry::EtcdClient;
+use shippy_server::{RegisteredServer, Services};
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tracing::info;

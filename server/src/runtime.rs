@@ -1,5 +1,5 @@
 //! The shared body of the service binaries' `main`: probe another
-//! instance's health, or serve until SIGINT/SIGTERM.
+//! instance's health, or log and serve until the service's future ends.
 
 // A probe's verdict is its standard output.
 #![allow(clippy::print_stdout)]
@@ -7,8 +7,10 @@
 use std::future::Future;
 use std::process::ExitCode;
 
+use shippy_client::health;
+
 use crate::config::ServerArgs;
-use crate::{health, telemetry};
+use crate::telemetry;
 
 /// With `--probe`, checks that instance's health and returns its verdict;
 /// otherwise starts logging in the configured format and runs `serve`,

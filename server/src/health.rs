@@ -2,28 +2,15 @@
 //! NOT_SERVING until it is registered in etcd, SERVING from then on, and
 //! NOT_SERVING again from the stop signal, while it deregisters and drains.
 //!
-//! The overall status (service name "") and each named service move together.
-//! [`check`] asks a running instance for its overall status; [`probe`] turns
-//! that into a healthcheck's verdict.
+//! The overall status (service name "") and each named service move
+//! together. Asking an instance for its health is the client side's
+//! (`shippy_client::health`).
 
-use std::time::Duration;
-
-use anyhow::{Context, bail};
+use shippy_registry::RegistrationState;
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 use tonic_health::ServingStatus;
-use tonic_health::pb::HealthCheckRequest;
-/// A status as an instance reports it over the health protocol.
-pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
-
-use crate::record::AdvertiseAddr;
-use crate::registration::RegistrationState;
-
-/// How long a probe may take in all.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Sets the health of every service an instance serves.
 #[derive(Debug, Clone)]
@@ -79,36 +66,4 @@ impl HealthStatus {
             self.set(ServingStatus::Serving).await;
         }
     }
-}
-
-/// Asks the instance at `address` for its overall health; succeeds only if
-/// it answers SERVING.
-pub async fn probe(address: &AdvertiseAddr) -> anyhow::Result<()> {
-    let status = check(address, PROBE_TIMEOUT).await?;
-    if status != WireStatus::Serving {
-        bail!("{address} is {}", status.as_str_name());
-    }
-    Ok(())
-}
-
-/// The overall health the instance at `address` reports, asked within
-/// `timeout`; an error when it cannot be reached or does not answer.
-pub async fn check(address: &AdvertiseAddr, timeout: Duration) -> anyhow::Result<WireStatus> {
-    let ask = async {
-        let channel = Endpoint::from_shared(address.http_uri())
-            .with_context(|| format!("{address} is not a valid address"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {address}"))?;
-        let answer = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .with_context(|| format!("{address} did not answer a health check"))?;
-        anyhow::Ok(answer.into_inner().status())
-    };
-    tokio::time::timeout(timeout, ask)
-        .await
-        .with_context(|| format!("{address} did not answer within {timeout:?}"))?
 }

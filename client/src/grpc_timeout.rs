@@ -2,6 +2,36 @@
 
 use std::time::Duration;
 
+use tonic::codegen::http::{HeaderMap, HeaderValue};
+
+/// The header's name.
+pub const HEADER: &str = "grpc-timeout";
+
+/// The most digits gRPC allows in the value.
+const MAX_AMOUNT: u128 = 99_999_999;
+
+/// The timeout in `headers`, when they carry a valid one.
+pub fn from_headers(headers: &HeaderMap) -> Option<Duration> {
+    parse(headers.get(HEADER)?.to_str().ok()?)
+}
+
+/// `timeout` as a header value, in the finest unit that fits gRPC's eight
+/// digits (so microseconds for anything under 100 s).
+pub fn encode(timeout: Duration) -> HeaderValue {
+    let units: [(u128, &str); 4] = [
+        (timeout.as_micros(), "u"),
+        (timeout.as_millis(), "m"),
+        (u128::from(timeout.as_secs()), "S"),
+        (u128::from(timeout.as_secs() / 3600), "H"),
+    ];
+    let (amount, unit) = units
+        .into_iter()
+        .find(|(amount, _)| *amount <= MAX_AMOUNT)
+        .unwrap_or((MAX_AMOUNT, "H"));
+    HeaderValue::from_str(&format!("{amount}{unit}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("99999999H"))
+}
+
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse(value: &str) -> Option<Duration> {
     let split = value.len().checked_sub(1)?;
@@ -37,6 +67,20 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(parse(text), Some(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn encoded_timeouts_parse_back_within_a_unit() {
+        let cases = [
+            (Duration::from_millis(1500), Duration::from_millis(1500)),
+            (Duration::from_secs(200), Duration::from_millis(200_000)),
+            (Duration::from_secs(400_000), Duration::from_secs(400_000)),
+            (Duration::MAX, Duration::from_secs(99_999_999 * 3600)),
+        ];
+        for (timeout, expected) in cases {
+            let value = encode(timeout);
+            assert_eq!(parse(value.to_str().unwrap()), Some(expected), "{value:?}");
         }
     }
 

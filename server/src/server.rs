@@ -24,12 +24,13 @@ use tonic_reflection::server::{v1, v1alpha};
 use tower::util::MapResponseLayer;
 use tracing::{debug, info, warn};
 
-use crate::config::{RegistryArgs, ServerArgs};
-use crate::etcd::EtcdClient;
+use shippy_registry::{
+    AdvertiseAddr, EtcdClient, Registration, RegistrationState, RegistryArgs, ServiceRecord,
+};
+
+use crate::call_log::RequestLogLayer;
+use crate::config::ServerArgs;
 use crate::health::HealthStatus;
-use crate::record::{AdvertiseAddr, ServiceRecord};
-use crate::registration::{Registration, RegistrationState};
-use crate::request_log::RequestLogLayer;
 
 /// How long accepting pauses after an accept error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

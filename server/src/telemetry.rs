@@ -28,7 +28,9 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .lossy(false)
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("warn,shippy_registry=info,vessel_service=info,consignment_service=info")
+        EnvFilter::new(
+            "warn,shippy_registry=info,shippy_server=info,shippy_client=info,vessel_service=info,consignment_service=info",
+        )
     });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

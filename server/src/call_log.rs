@@ -1,8 +1,9 @@
 //! One log line per served call, with its method, gRPC status, latency and
 //! request id.
 //!
-//! [`RequestLogLayer`] wraps the whole server. It gives each call its
-//! request id (see [`crate::request_id`]), runs the handler inside a
+//! [`RequestLogLayer`] wraps the whole server. It reads the call's context
+//! (its request id and deadline, see [`shippy_client::context`]) once from
+//! the headers, runs the handler inside that context and inside a
 //! `call{request_id=…}` span so every line the handler logs names the call,
 //! and logs the call once it is over. A gRPC status travels in the response
 //! headers (an error with no body) or in the trailers after the body, so the
@@ -14,20 +15,26 @@
 //!
 //! Health checks log at debug, so that a healthcheck polling every few
 //! seconds does not bury the calls that matter; `RUST_LOG=debug` shows them.
+//!
+//! tower-http's `SetRequestId`/`PropagateRequestId` and `Trace` layers do not
+//! fit: the first keep whatever id a caller sent, where an unusable one
+//! (too long, or with characters that would forge log lines) must be
+//! replaced, and they know nothing of the deadline; `Trace` has no event for
+//! a call dropped before its end of stream, which is exactly the call a
+//! timeout or a vanished caller ends and an operator most needs to see.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
+use shippy_client::context::{self, CallContext, REQUEST_ID_HEADER};
+use shippy_client::status;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug, info, info_span, warn};
-
-use crate::grpc_timeout;
-use crate::request_id::{self, RequestId};
 
 /// Logs every call of the service it wraps.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,41 +70,31 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
-        let id = request
-            .headers()
-            .get(request_id::HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(RequestId::parse)
-            .unwrap_or_else(RequestId::generate);
-        let id_header = HeaderValue::from_str(id.as_str()).ok();
+        let context = CallContext::from_headers(request.headers(), started);
+        let id_header = HeaderValue::from_str(context.request_id.as_str()).ok();
         if let Some(value) = &id_header {
             // The handler reads the same id the log shows, even when the
             // caller sent none or an unusable one.
             request
                 .headers_mut()
-                .insert(request_id::HEADER, value.clone());
+                .insert(REQUEST_ID_HEADER, value.clone());
         }
-        let span = info_span!("call", request_id = %id);
+        let span = info_span!("call", request_id = %context.request_id);
         // Made now, so that a call dropped at any point is still logged.
         let record = CallRecord {
             method: request.uri().path().trim_start_matches('/').to_owned(),
             started,
-            deadline: request
-                .headers()
-                .get("grpc-timeout")
-                .and_then(|value| value.to_str().ok())
-                .and_then(grpc_timeout::parse)
-                .and_then(|timeout| started.checked_add(timeout)),
+            deadline: context.deadline,
             span: span.clone(),
             status: None,
         };
-        let handled = request_id::scope(id, self.inner.call(request)).instrument(span);
+        let handled = context::scope(context, self.inner.call(request)).instrument(span);
         Box::pin(async move {
             let mut record = record;
             let response = handled.await?;
             let (mut parts, body) = response.into_parts();
             if let Some(value) = id_header {
-                parts.headers.insert(request_id::HEADER, value);
+                parts.headers.insert(REQUEST_ID_HEADER, value);
             }
             record.status = grpc_status(&parts.headers);
             Ok(http::Response::from_parts(
@@ -166,7 +163,7 @@ impl Drop for CallRecord {
         let latency_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
         let method = self.method.as_str();
         let (status, message) = match self.status {
-            Some(code) => (status_name(code), ""),
+            Some(code) => (status::name(code), ""),
             None if self
                 .deadline
                 .is_some_and(|deadline| Instant::now() >= deadline) =>
@@ -201,29 +198,6 @@ impl Drop for CallRecord {
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?;
     value.parse::<i32>().ok().map(Code::from_i32)
-}
-
-/// A status code's canonical name, as gRPC tools print it.
-pub fn status_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]
@@ -273,8 +247,11 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // Paused, so the deadlines below pass by the clock's design, not
+            // by the machine's speed.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
+                .start_paused(true)
                 .build()
                 .unwrap();
             runtime.block_on(async {
@@ -325,12 +302,5 @@ mod tests {
         assert_eq!(grpc_status(&headers), Some(Code::NotFound));
         headers.insert("grpc-status", HeaderValue::from_static("x"));
         assert_eq!(grpc_status(&headers), None);
-    }
-
-    #[test]
-    fn status_names_are_the_canonical_ones() {
-        assert_eq!(status_name(Code::Ok), "OK");
-        assert_eq!(status_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(status_name(Code::from_i32(8)), "RESOURCE_EXHAUSTED");
     }
 }
