@@ -4,8 +4,9 @@
 //!   temporary data dir, stopped when dropped; [`EtcdCluster`]: several.
 //! - [`ChildGuard`]: a spawned process that is killed when dropped, with its
 //!   output captured to a log file the test can read.
-//! - [`workspace_bin`]: builds (once per test run) and locates a binary of
-//!   another workspace package; [`spawn_service`] starts a service binary.
+//! - [`workspace_bin`]: locates a binary of another workspace package, as
+//!   `cargo test --workspace` built it; [`spawn_service`] starts a service
+//!   binary.
 //! - [`wait_until`]: polls a condition until it holds or a deadline passes.
 //! - [`Postgres`]: a private, real PostgreSQL server on a free loopback port.
 //!
@@ -16,7 +17,6 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -402,32 +402,22 @@ pub fn spawn_service(
     ChildGuard::spawn_logged(&mut command, &log_dir.join(format!("{name}.log")))
 }
 
-/// The path of binary `bin` from workspace package `package`, built once per
-/// test process so a test never runs a stale binary.
+/// The path of binary `bin` from workspace package `package`, as built
+/// beside the running tests.
+///
+/// Tests never build binaries themselves: `cargo test --workspace` (which
+/// `make test` runs) builds every package's binaries with the same features
+/// as the tests, before any test starts. Running one package's tests alone
+/// (`cargo test -p consignment-service`) builds only that package's
+/// binaries, so build the rest first with `cargo build --workspace --bins`.
 pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let target_dir = target_profile_dir()?;
-    let mut built = BUILT.lock().map_err(|_| anyhow!("build lock poisoned"))?;
-    if !built.iter().any(|done| done == bin) {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        // Build with the profile of the running tests, into the same dir.
-        let profile = match target_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--profile", profile])
-            .args(["--package", package, "--bin", bin])
-            .status()
-            .with_context(|| format!("running cargo build for {bin}"))?;
-        if !status.success() {
-            bail!("cargo build --package {package} --bin {bin} failed with {status}");
-        }
-        built.push(bin.to_owned());
-    }
-    let path = target_dir.join(bin);
+    let path = target_profile_dir()?.join(bin);
     if !path.is_file() {
-        bail!("{} was not built", path.display());
+        bail!(
+            "{} is missing: build {package}'s binaries first with `cargo test --workspace` \
+             (as `make test` does) or `cargo build --workspace --bins`",
+            path.display()
+        );
     }
     Ok(path)
 }
