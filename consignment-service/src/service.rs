@@ -41,7 +41,7 @@ impl ShippingService for ShippingHandler {
         let new = NewConsignment::parse(request.into_inner())?;
         let vessel_id = self
             .vessels
-            .find(new.container_count(), new.weight(), deadline)
+            .find(new.vessel_specification(), deadline)
             .await?;
         let stored = self.repository.create(new.assign(vessel_id)).await?;
         info!(id = %stored.id, vessel_id = %stored.vessel_id, "consignment created");

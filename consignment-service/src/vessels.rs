@@ -40,21 +40,15 @@ impl VesselFinder {
         &self.discovery
     }
 
-    /// Returns the id of a vessel that carries `containers` weighing
-    /// `weight` kg, asking vessel-service before `deadline` (or within the
-    /// default timeout when there is none).
+    /// Returns the id of a vessel that carries `spec`, asking vessel-service
+    /// before `deadline` (or within the default timeout when there is none).
     pub async fn find(
         &self,
-        containers: u32,
-        weight: u32,
+        spec: pb::Specification,
         deadline: Option<Instant>,
     ) -> Result<String, ConsignmentError> {
         let service = self.discovery.service();
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.default_timeout);
-        let spec = pb::Specification {
-            capacity: i32::try_from(containers).unwrap_or(i32::MAX),
-            max_weight: i32::try_from(weight).unwrap_or(i32::MAX),
-        };
         // FindAvailable only reads, so it is safe to send again to another
         // instance when the first cannot be reached.
         let answer = self
