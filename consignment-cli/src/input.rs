@@ -44,6 +44,8 @@ pub fn read_consignment(path: &Path) -> anyhow::Result<pb::Consignment> {
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {shown}"))?;
+    // Saturating only strengthens the comparison: a length beyond u64 is
+    // over the limit either way.
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
         bail!("{shown} is larger than {MAX_FILE_BYTES} bytes");
     }
