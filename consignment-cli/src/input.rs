@@ -1,5 +1,10 @@
 //! Reading a consignment file into the wire message, with one clear error
 //! per problem instead of sending an empty or half-read consignment.
+//!
+//! The file is the serde form of the wire `Consignment` itself (declared in
+//! shippy-proto's build.rs: unknown fields and `vessel_id` are refused; `id`,
+//! `description` and a container's `id` may be left out), so there is no
+//! second copy of its shape here, only the checks a file needs on top.
 
 use std::io::Read;
 use std::path::Path;
@@ -11,27 +16,12 @@ use shippy_proto::consignment::v1 as pb;
 /// The largest consignment file read; larger ones are refused unread.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
-/// A consignment as written in the JSON file.
+/// Only the weight as written, when it is a whole number. serde refuses a
+/// weight beyond the wire's int32 as "expected i32"; reading it apart lets
+/// that be reported like a weight of 0 or -5, with the number that was given.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsignmentFile {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    description: String,
+struct WrittenWeight {
     weight: i64,
-    containers: Vec<ContainerFile>,
-}
-
-/// A container as written in the JSON file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContainerFile {
-    #[serde(default)]
-    id: String,
-    customer_id: String,
-    origin: String,
-    user_id: String,
 }
 
 /// Reads and checks the consignment file at `path`.
@@ -54,6 +44,8 @@ pub fn read_consignment(path: &Path) -> anyhow::Result<pb::Consignment> {
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {shown}"))?;
+    // Saturating only strengthens the comparison: a length beyond u64 is
+    // over the limit either way.
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
         bail!("{shown} is larger than {MAX_FILE_BYTES} bytes");
     }
@@ -79,44 +71,40 @@ pub fn parse_consignment(bytes: &[u8]) -> anyhow::Result<pb::Consignment> {
     if !text.trim_start().starts_with('{') {
         bail!("expected a JSON object {{ … }} holding a consignment");
     }
-    let file: ConsignmentFile = serde_json::from_str(text).map_err(describe_json_error)?;
-    let weight = i32::try_from(file.weight)
-        .ok()
-        .filter(|weight| *weight > 0)
-        .with_context(|| {
-            format!(
-                "weight must be a whole number of kilograms from 1 to {}, got {}",
-                i32::MAX,
-                file.weight
-            )
-        })?;
-    if file.containers.is_empty() {
+    let consignment: pb::Consignment =
+        serde_json::from_str(text).map_err(|err| describe_json_error(text, err))?;
+    if consignment.weight <= 0 {
+        return Err(weight_out_of_range(i64::from(consignment.weight)));
+    }
+    if consignment.containers.is_empty() {
         bail!("containers is empty; a consignment needs at least one container");
     }
-    Ok(pb::Consignment {
-        id: file.id,
-        description: file.description,
-        weight,
-        containers: file
-            .containers
-            .into_iter()
-            .map(|container| pb::Container {
-                id: container.id,
-                customer_id: container.customer_id,
-                origin: container.origin,
-                user_id: container.user_id,
-            })
-            .collect(),
-        vessel_id: String::new(),
-    })
+    Ok(consignment)
 }
 
-/// Turns serde's message into one line that says what and where.
-fn describe_json_error(err: serde_json::Error) -> anyhow::Error {
+/// The one error for a weight the wire cannot carry or the service refuses.
+fn weight_out_of_range(weight: i64) -> anyhow::Error {
+    anyhow::anyhow!(
+        "weight must be a whole number of kilograms from 1 to {}, got {weight}",
+        i32::MAX
+    )
+}
+
+/// Turns serde's message into one line that says what and where; a whole
+/// weight beyond int32 gets the same message as any other weight out of
+/// range.
+fn describe_json_error(text: &str, err: serde_json::Error) -> anyhow::Error {
     use serde_json::error::Category;
     let kind = match err.classify() {
         Category::Syntax | Category::Eof => "invalid JSON",
-        Category::Data => "not a valid consignment",
+        Category::Data => {
+            if let Ok(WrittenWeight { weight }) = serde_json::from_str(text)
+                && i32::try_from(weight).is_err()
+            {
+                return weight_out_of_range(weight);
+            }
+            "not a valid consignment"
+        }
         Category::Io => "cannot read",
     };
     anyhow::anyhow!("{kind}: {err}")

@@ -1,4 +1,8 @@
 //! How results look: aligned text for people, JSON (`--json`) for scripts.
+//!
+//! A consignment in JSON is the serde form of the wire message (declared in
+//! shippy-proto's build.rs): the input file's field names plus `id` and
+//! `vessel_id`, with no copy of the shape kept here.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -153,81 +157,40 @@ fn metadata_text(metadata: &BTreeMap<String, String>) -> String {
         .join(" ")
 }
 
-/// A consignment as JSON, with the field names of the input file.
-#[derive(Debug, Serialize)]
-struct ConsignmentJson<'a> {
-    id: &'a str,
-    description: &'a str,
-    weight: i32,
-    vessel_id: &'a str,
-    containers: Vec<ContainerJson<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct ContainerJson<'a> {
-    id: &'a str,
-    customer_id: &'a str,
-    origin: &'a str,
-    user_id: &'a str,
-}
-
-impl<'a> From<&'a pb::Consignment> for ConsignmentJson<'a> {
-    fn from(consignment: &'a pb::Consignment) -> Self {
-        Self {
-            id: &consignment.id,
-            description: &consignment.description,
-            weight: consignment.weight,
-            vessel_id: &consignment.vessel_id,
-            containers: consignment
-                .containers
-                .iter()
-                .map(|container| ContainerJson {
-                    id: &container.id,
-                    customer_id: &container.customer_id,
-                    origin: &container.origin,
-                    user_id: &container.user_id,
-                })
-                .collect(),
-        }
-    }
-}
-
 /// `create --json`: `{"request_id": …, "consignment": {…}}`.
 pub fn created_json(created: &Created) -> String {
     to_json(&CreatedJson {
         request_id: created.request_id.as_str(),
-        consignment: (&created.consignment).into(),
+        consignment: &created.consignment,
         consignments: None,
     })
 }
 
 /// `list --json`: `{"consignments": […]}`.
 pub fn listing_json(consignments: &[pb::Consignment]) -> String {
-    to_json(&ListingJson {
-        consignments: consignments.iter().map(ConsignmentJson::from).collect(),
-    })
+    to_json(&ListingJson { consignments })
 }
 
 #[derive(Debug, Serialize)]
 struct ListingJson<'a> {
-    consignments: Vec<ConsignmentJson<'a>>,
+    consignments: &'a [pb::Consignment],
 }
 
 /// The bare form with `--json`: the created consignment and the listing.
 pub fn submitted_json(created: &Created, consignments: &[pb::Consignment]) -> String {
     to_json(&CreatedJson {
         request_id: created.request_id.as_str(),
-        consignment: (&created.consignment).into(),
-        consignments: Some(consignments.iter().map(ConsignmentJson::from).collect()),
+        consignment: &created.consignment,
+        consignments: Some(consignments),
     })
 }
 
 #[derive(Debug, Serialize)]
 struct CreatedJson<'a> {
     request_id: &'a str,
-    consignment: ConsignmentJson<'a>,
+    consignment: &'a pb::Consignment,
     #[serde(skip_serializing_if = "Option::is_none")]
-    consignments: Option<Vec<ConsignmentJson<'a>>>,
+    consignments: Option<&'a [pb::Consignment]>,
 }
 
 /// `services --json`: `{"services": [{"name", "instances": […]}]}`.
@@ -363,6 +326,31 @@ mod tests {
         let listed: serde_json::Value =
             serde_json::from_str(&listing_json(&[consignment()])).unwrap();
         assert_eq!(listed["consignments"][0]["weight"], 55_000);
+    }
+
+    /// Scripts read these keys: the consignment's and each container's
+    /// are exactly the ones printed before they came from the wire type.
+    #[test]
+    fn json_output_has_exactly_the_documented_keys() {
+        let keys = |value: &serde_json::Value| {
+            let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&submitted_json(&created_sample(), &[consignment()])).unwrap();
+        assert_eq!(keys(&value), ["consignment", "consignments", "request_id"]);
+        for consignment in [&value["consignment"], &value["consignments"][0]] {
+            assert_eq!(
+                keys(consignment),
+                ["containers", "description", "id", "vessel_id", "weight"]
+            );
+            assert_eq!(
+                keys(&consignment["containers"][0]),
+                ["customer_id", "id", "origin", "user_id"]
+            );
+            assert_eq!(consignment["containers"][0]["id"], "");
+        }
     }
 
     #[test]

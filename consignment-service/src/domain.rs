@@ -1,9 +1,16 @@
 //! Consignments as the service understands them, parsed from the wire at the
 //! edge so that everything past the handler works with valid data only.
+//!
+//! Numbers are checked once, where they come in, into types whose range
+//! fits the wire's int32: [`Weight`] and the container count. Going back out
+//! (a response, the FindAvailable request, a stored row) is then a `From`
+//! conversion that cannot fail or saturate.
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
 use shippy_proto::consignment::v1 as pb;
+use shippy_proto::vessel::v1 as vessel_pb;
 
 use crate::error::ConsignmentError;
 use crate::repository::PageRequest;
@@ -12,11 +19,13 @@ use crate::repository::PageRequest;
 pub const MAX_ID_LEN: usize = 128;
 /// The longest description or origin accepted.
 pub const MAX_TEXT_LEN: usize = 1024;
-/// The most containers one consignment may hold.
-pub const MAX_CONTAINERS: usize = 10_000;
+/// The most containers one consignment may hold. A `u16`, so a count within
+/// it is the wire's int32 capacity without a fallible conversion.
+pub const MAX_CONTAINERS: u16 = 10_000;
 
-/// One container of a consignment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One container of a consignment. Its serde form is the store's
+/// `containers` JSON column, so field names and order are a stored format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     /// Optional; unique within the consignment when given.
     pub id: String,
@@ -35,12 +44,39 @@ pub struct Consignment {
     pub id: String,
     /// Free text; may be empty.
     pub description: String,
-    /// Total weight in kilograms, above zero.
-    pub weight: u32,
+    /// Total weight.
+    pub weight: Weight,
     /// At least one.
     pub containers: Vec<Container>,
     /// The vessel vessel-service assigned.
     pub vessel_id: String,
+}
+
+/// A consignment's total weight in kilograms: from 1 to `i32::MAX`, the
+/// range the wire's int32 can carry. Made only by [`Weight::new`], so it
+/// converts back to the wire and into the store's BIGINT without loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Weight(i32);
+
+impl Weight {
+    /// `kg` as a weight, or `None` when it is not from 1 to `i32::MAX`.
+    /// Takes an `i64` so that a request's int32 and a stored BIGINT are
+    /// checked by the same rule.
+    pub fn new(kg: i64) -> Option<Self> {
+        i32::try_from(kg).ok().filter(|kg| *kg > 0).map(Self)
+    }
+}
+
+impl From<Weight> for i32 {
+    fn from(weight: Weight) -> Self {
+        weight.0
+    }
+}
+
+impl From<Weight> for i64 {
+    fn from(weight: Weight) -> Self {
+        i64::from(weight.0)
+    }
 }
 
 /// A validated CreateConsignment request, before a vessel is assigned.
@@ -49,8 +85,12 @@ pub struct NewConsignment {
     /// The caller's id, or `None` to have one assigned.
     id: Option<String>,
     description: String,
-    weight: u32,
+    weight: Weight,
     containers: Vec<Container>,
+    /// `containers.len()`, counted once at parse time; at most
+    /// [`MAX_CONTAINERS`]. The fields are private and never changed after
+    /// parsing, so the two cannot disagree.
+    container_count: u16,
 }
 
 impl NewConsignment {
@@ -62,30 +102,27 @@ impl NewConsignment {
             id => Some(bounded("id", id, MAX_ID_LEN)?.to_owned()),
         };
         let description = bounded("description", &wire.description, MAX_TEXT_LEN)?.to_owned();
-        let weight = u32::try_from(wire.weight)
-            .ok()
-            .filter(|weight| *weight > 0)
-            .ok_or_else(|| {
-                ConsignmentError::invalid(
-                    "weight",
-                    format!("must be above 0 kg, got {}", wire.weight),
-                )
-            })?;
+        let weight = Weight::new(i64::from(wire.weight)).ok_or_else(|| {
+            ConsignmentError::invalid("weight", format!("must be above 0 kg, got {}", wire.weight))
+        })?;
         if wire.containers.is_empty() {
             return Err(ConsignmentError::invalid(
                 "containers",
                 "a consignment needs at least one container",
             ));
         }
-        if wire.containers.len() > MAX_CONTAINERS {
-            return Err(ConsignmentError::invalid(
-                "containers",
-                format!(
-                    "at most {MAX_CONTAINERS} containers, got {}",
-                    wire.containers.len()
-                ),
-            ));
-        }
+        let container_count = u16::try_from(wire.containers.len())
+            .ok()
+            .filter(|count| *count <= MAX_CONTAINERS)
+            .ok_or_else(|| {
+                ConsignmentError::invalid(
+                    "containers",
+                    format!(
+                        "at most {MAX_CONTAINERS} containers, got {}",
+                        wire.containers.len()
+                    ),
+                )
+            })?;
         let mut seen_ids = BTreeSet::new();
         let mut containers = Vec::with_capacity(wire.containers.len());
         for (index, container) in wire.containers.into_iter().enumerate() {
@@ -103,26 +140,17 @@ impl NewConsignment {
             description,
             weight,
             containers,
+            container_count,
         })
     }
 
-    /// What a vessel must carry for this consignment.
-    pub fn vessel_specification(&self) -> shippy_proto::vessel::v1::Specification {
-        shippy_proto::vessel::v1::Specification {
-            capacity: i32::try_from(self.container_count()).unwrap_or(i32::MAX),
-            max_weight: i32::try_from(self.weight).unwrap_or(i32::MAX),
+    /// What a vessel must carry: every container and the total weight,
+    /// exactly as parsed, for vessel-service's FindAvailable.
+    pub fn vessel_specification(&self) -> vessel_pb::Specification {
+        vessel_pb::Specification {
+            capacity: i32::from(self.container_count),
+            max_weight: i32::from(self.weight),
         }
-    }
-
-    /// How many containers need carrying.
-    pub fn container_count(&self) -> u32 {
-        // Bounded by MAX_CONTAINERS at parse time.
-        u32::try_from(self.containers.len()).unwrap_or(u32::MAX)
-    }
-
-    /// The total weight in kilograms.
-    pub fn weight(&self) -> u32 {
-        self.weight
     }
 
     /// The consignment to store once `vessel_id` carries it, with a fresh id
@@ -185,7 +213,7 @@ impl From<Consignment> for pb::Consignment {
         Self {
             id: consignment.id,
             description: consignment.description,
-            weight: i32::try_from(consignment.weight).unwrap_or(i32::MAX),
+            weight: i32::from(consignment.weight),
             containers: consignment.containers.into_iter().map(Into::into).collect(),
             vessel_id: consignment.vessel_id,
         }
@@ -200,19 +228,15 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 /// all of them (the original API); `page_token` continues after a previous
 /// page.
 pub fn page_request(request: &pb::GetRequest) -> Result<PageRequest, ConsignmentError> {
-    let limit = match request.page_size {
-        0 => None,
-        size if size < 0 => {
+    let limit = match u32::try_from(request.page_size) {
+        Err(_) => {
             return Err(ConsignmentError::invalid(
                 "page_size",
                 "must not be negative",
             ));
         }
-        size => Some(
-            u32::try_from(size)
-                .unwrap_or(MAX_PAGE_SIZE)
-                .min(MAX_PAGE_SIZE),
-        ),
+        Ok(0) => None,
+        Ok(size) => Some(size.min(MAX_PAGE_SIZE)),
     };
     let after = match request.page_token.as_str() {
         "" => None,
@@ -310,8 +334,13 @@ mod tests {
     #[test]
     fn the_tutorial_sample_is_valid_and_gets_an_id_and_the_vessel() {
         let parsed = NewConsignment::parse(sample()).unwrap();
-        assert_eq!(parsed.container_count(), 3);
-        assert_eq!(parsed.weight(), 55_000);
+        assert_eq!(
+            parsed.vessel_specification(),
+            vessel_pb::Specification {
+                capacity: 3,
+                max_weight: 55_000
+            }
+        );
 
         let stored = parsed.assign("vessel001".into());
         assert_eq!(stored.vessel_id, "vessel001");
@@ -361,8 +390,41 @@ mod tests {
         long_id.id = "i".repeat(MAX_ID_LEN + 1);
         cases.push((long_id, "id"));
 
+        let mut too_many = sample();
+        too_many.containers = vec![container("cust001"); usize::from(MAX_CONTAINERS) + 1];
+        cases.push((too_many, "containers"));
+
         for (wire, field) in cases {
             assert_eq!(rejected_field(wire), field);
+        }
+    }
+
+    #[test]
+    fn the_most_containers_and_the_heaviest_weight_reach_the_vessel_request_unchanged() {
+        let mut wire = sample();
+        wire.weight = i32::MAX;
+        wire.containers = vec![container("cust001"); usize::from(MAX_CONTAINERS)];
+        let parsed = NewConsignment::parse(wire).unwrap();
+        assert_eq!(
+            parsed.vessel_specification(),
+            vessel_pb::Specification {
+                capacity: 10_000,
+                max_weight: i32::MAX
+            }
+        );
+        let stored: pb::Consignment = parsed.assign("v".into()).into();
+        assert_eq!(stored.weight, i32::MAX);
+    }
+
+    #[test]
+    fn weights_are_whole_kilograms_from_one_to_the_wires_maximum() {
+        for kg in [1, 55_000, i64::from(i32::MAX)] {
+            let weight = Weight::new(kg).unwrap();
+            assert_eq!(i64::from(weight), kg);
+            assert_eq!(i64::from(i32::from(weight)), kg);
+        }
+        for kg in [0, -1, i64::from(i32::MAX) + 1, i64::MIN, i64::MAX] {
+            assert_eq!(Weight::new(kg), None, "{kg}");
         }
     }
 
@@ -396,7 +458,9 @@ mod tests {
                 match NewConsignment::parse(wire.clone()) {
                     Ok(parsed) => {
                         prop_assert!(wire.weight > 0);
-                        prop_assert_eq!(parsed.container_count() as usize, wire.containers.len());
+                        let spec = parsed.vessel_specification();
+                        prop_assert_eq!(usize::try_from(spec.capacity).unwrap(), wire.containers.len());
+                        prop_assert_eq!(spec.max_weight, wire.weight);
                         let stored = parsed.assign("v".into());
                         prop_assert!(!stored.id.is_empty());
                         prop_assert!(stored.containers.iter().all(|c| !c.customer_id.is_empty()

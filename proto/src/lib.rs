@@ -4,6 +4,11 @@
 //! domain types at the edge. Beside each package are the names its service
 //! registers under in etcd, since callers depend on them as on the stubs. Packages are versioned (`shippy.<service>.v1`) so
 //! a breaking change can ship as `v2` beside the old one.
+//!
+//! `consignment::v1::Consignment` and `Container` also derive serde: their
+//! JSON form is the consignment file consignment-cli reads and the `--json`
+//! it prints, so that shape lives in the .proto and nowhere else. Which
+//! fields a file may omit or must not give is declared in `build.rs`.
 #![allow(missing_docs, clippy::all)]
 
 /// The consignment service's messages and stubs.

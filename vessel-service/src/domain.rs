@@ -1,6 +1,11 @@
 //! The fleet and the rule for picking a vessel, free of gRPC and etcd.
+//!
+//! Capacities and weights are [`Quantity`]s: checked once where they come in
+//! (a request, the fleet file) against the wire's int32 range, so a vessel
+//! goes back on the wire without a conversion that can fail or saturate.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -18,9 +23,9 @@ pub struct Vessel {
     /// Human-readable name.
     pub name: String,
     /// How many containers it carries.
-    pub capacity: u32,
+    pub capacity: Quantity,
     /// The heaviest load it carries, in kilograms.
-    pub max_weight: u32,
+    pub max_weight: Quantity,
     /// Whether it can take consignments now.
     #[serde(default = "available_by_default")]
     pub available: bool,
@@ -33,29 +38,72 @@ fn available_by_default() -> bool {
     true
 }
 
+/// A number of containers or a weight in kilograms: from 0 to `i32::MAX`,
+/// the range vessel.proto's int32 fields carry when not negative. Made only
+/// by checking (a request's field, a fleet file's number), so converting
+/// back to the wire's `i32`, or to a `u32`, is lossless by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct Quantity(i32);
+
+impl TryFrom<i64> for Quantity {
+    /// What a fleet file is told, after the field's name and position.
+    type Error = String;
+
+    fn try_from(value: i64) -> Result<Self, String> {
+        i32::try_from(value)
+            .ok()
+            .filter(|value| *value >= 0)
+            .map(Self)
+            .ok_or_else(|| {
+                format!(
+                    "expected a whole number from 0 to {}, got {value}",
+                    i32::MAX
+                )
+            })
+    }
+}
+
+impl From<Quantity> for i32 {
+    fn from(quantity: Quantity) -> Self {
+        quantity.0
+    }
+}
+
+impl From<Quantity> for u32 {
+    fn from(quantity: Quantity) -> Self {
+        // Never negative, so the absolute value is the value.
+        quantity.0.unsigned_abs()
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What a load needs from a vessel, parsed from the wire at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Specification {
     /// Number of containers.
-    pub capacity: u32,
+    pub capacity: Quantity,
     /// Total weight in kilograms.
-    pub max_weight: u32,
+    pub max_weight: Quantity,
 }
 
 impl Specification {
     /// Validates a wire specification: both numbers must be non-negative.
     pub fn parse(spec: &pb::Specification) -> Result<Self, VesselError> {
-        let capacity = u32::try_from(spec.capacity).map_err(|_| VesselError::InvalidSpec {
-            field: "capacity",
-            reason: format!("must not be negative, got {}", spec.capacity),
-        })?;
-        let max_weight = u32::try_from(spec.max_weight).map_err(|_| VesselError::InvalidSpec {
-            field: "max_weight",
-            reason: format!("must not be negative, got {}", spec.max_weight),
-        })?;
+        let field = |field: &'static str, value: i32| {
+            Quantity::try_from(i64::from(value)).map_err(|_| VesselError::InvalidSpec {
+                field,
+                reason: format!("must not be negative, got {value}"),
+            })
+        };
         Ok(Self {
-            capacity,
-            max_weight,
+            capacity: field("capacity", spec.capacity)?,
+            max_weight: field("max_weight", spec.max_weight)?,
         })
     }
 }
@@ -88,11 +136,12 @@ impl Fleet {
     /// The fleet served when no fleet file is given: the tutorial's
     /// `vessel001` and a few others to choose from.
     pub fn builtin() -> Self {
+        // Literals, all within Quantity's range.
         let vessel = |id: &str, name: &str, capacity, max_weight, available| Vessel {
             id: id.into(),
             name: name.into(),
-            capacity,
-            max_weight,
+            capacity: Quantity(capacity),
+            max_weight: Quantity(max_weight),
             available,
             owner_id: "shippy".into(),
         };
@@ -146,8 +195,8 @@ impl From<&Vessel> for pb::Vessel {
     fn from(vessel: &Vessel) -> Self {
         Self {
             id: vessel.id.clone(),
-            capacity: i32::try_from(vessel.capacity).unwrap_or(i32::MAX),
-            max_weight: i32::try_from(vessel.max_weight).unwrap_or(i32::MAX),
+            capacity: vessel.capacity.into(),
+            max_weight: vessel.max_weight.into(),
             name: vessel.name.clone(),
             available: vessel.available,
             owner_id: vessel.owner_id.clone(),
@@ -159,19 +208,20 @@ impl From<&Vessel> for pb::Vessel {
 mod tests {
     use super::*;
 
-    fn spec(capacity: u32, max_weight: u32) -> Specification {
-        Specification {
+    fn spec(capacity: i32, max_weight: i32) -> Specification {
+        Specification::parse(&pb::Specification {
             capacity,
             max_weight,
-        }
+        })
+        .unwrap()
     }
 
-    fn vessel(id: &str, capacity: u32, max_weight: u32) -> Vessel {
+    fn vessel(id: &str, capacity: i32, max_weight: i32) -> Vessel {
         Vessel {
             id: id.into(),
             name: id.into(),
-            capacity,
-            max_weight,
+            capacity: Quantity(capacity),
+            max_weight: Quantity(max_weight),
             available: true,
             owner_id: String::new(),
         }
@@ -238,6 +288,15 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_vessel_goes_back_on_the_wire_unchanged() {
+        let fleet = Fleet::new(vec![vessel("max", i32::MAX, i32::MAX)]).unwrap();
+        let found = fleet.find_available(spec(i32::MAX, i32::MAX)).unwrap();
+        let wire = pb::Vessel::from(found);
+        assert_eq!((wire.capacity, wire.max_weight), (i32::MAX, i32::MAX));
+        assert_eq!(u32::from(found.capacity), 2_147_483_647);
+    }
+
+    #[test]
     fn fleets_need_unique_non_empty_ids() {
         assert!(Fleet::new(vec![]).is_err());
         assert!(Fleet::new(vec![vessel("a", 1, 1), vessel("a", 2, 2)]).is_err());
@@ -264,5 +323,18 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", Fleet::load(&typo).unwrap_err());
         assert!(err.contains("max_wieght"), "{err}");
+
+        // The wire carries int32: a larger fleet file number is refused at
+        // start, not clamped when the vessel is sent.
+        for (number, shown) in [("3000000000", "got 3000000000"), ("-3", "got -3")] {
+            let big = dir.path().join("big.json");
+            std::fs::write(
+                &big,
+                format!(r#"[{{"id":"x1","name":"X","capacity":5,"max_weight":{number}}}]"#),
+            )
+            .unwrap();
+            let err = format!("{:#}", Fleet::load(&big).unwrap_err());
+            assert!(err.contains(shown) && err.contains("big.json"), "{err}");
+        }
     }
 }

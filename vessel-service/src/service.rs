@@ -42,8 +42,8 @@ impl VesselService for VesselHandler {
             .fleet
             .find_available(spec)
             .ok_or(VesselError::NoVesselFits {
-                capacity: spec.capacity,
-                max_weight: spec.max_weight,
+                capacity: spec.capacity.into(),
+                max_weight: spec.max_weight.into(),
             })?;
         info!(vessel_id = %vessel.id, vessel = %vessel.name, "vessel found");
         Ok(Response::new(pb::Response {

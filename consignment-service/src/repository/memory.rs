@@ -42,6 +42,10 @@ impl ConsignmentRepository for InMemoryRepository {
 
     async fn list(&self, page: PageRequest) -> Result<Page, ConsignmentError> {
         let stored = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        // seq is index + 1, so `after` is how many to skip. Saturating is
+        // exact here, not a loss: a Vec holds fewer than usize::MAX items,
+        // so skipping usize::MAX is "after every consignment", which is
+        // what a larger `after` means too.
         let start = page.after.map_or(0, |after| {
             usize::try_from(after.max(0)).unwrap_or(usize::MAX)
         });

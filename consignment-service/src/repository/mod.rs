@@ -11,6 +11,12 @@
 //!
 //! Every store numbers consignments in creation order (`seq`), which is the
 //! order GetConsignments returns and pages by.
+//!
+//! The SQL stores keep a consignment's containers as one JSON column: the
+//! serde form of [`Container`], so the domain type is the stored shape too.
+//! A stored value the domain types cannot hold (a weight out of range, a
+//! containers column that does not parse) fails the read with an internal
+//! error naming the row, rather than being clamped or skipped.
 
 pub mod memory;
 pub mod postgres;
@@ -21,10 +27,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::domain::{Consignment, Container};
+use crate::domain::{Consignment, Container, Weight};
 use crate::error::ConsignmentError;
 
 pub use memory::InMemoryRepository;
@@ -156,48 +161,21 @@ pub async fn open(location: &StoreLocation) -> anyhow::Result<Arc<dyn Consignmen
     })
 }
 
-/// A container as stored in the `containers` JSON column.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredContainer {
-    id: String,
-    customer_id: String,
-    origin: String,
-    user_id: String,
-}
-
 /// The `containers` column's JSON for `containers`.
 fn containers_to_json(containers: &[Container]) -> Result<String, ConsignmentError> {
-    let stored: Vec<_> = containers
-        .iter()
-        .map(|container| StoredContainer {
-            id: container.id.clone(),
-            customer_id: container.customer_id.clone(),
-            origin: container.origin.clone(),
-            user_id: container.user_id.clone(),
-        })
-        .collect();
-    serde_json::to_string(&stored).map_err(|err| {
+    serde_json::to_string(containers).map_err(|err| {
         ConsignmentError::Internal(anyhow::anyhow!("cannot encode containers: {err}"))
     })
 }
 
-/// The containers in a `containers` column, or why the stored value is
-/// unusable.
-fn containers_from_json(json: &str) -> Result<Vec<Container>, ConsignmentError> {
-    let stored: Vec<StoredContainer> = serde_json::from_str(json).map_err(|err| {
+/// The containers in consignment `id`'s `containers` column, or why the
+/// stored value is unusable.
+fn containers_from_json(id: &str, json: &str) -> Result<Vec<Container>, ConsignmentError> {
+    serde_json::from_str(json).map_err(|err| {
         ConsignmentError::Internal(anyhow::anyhow!(
-            "a stored containers column is corrupt: {err}"
+            "the stored containers of consignment {id:?} are corrupt: {err}"
         ))
-    })?;
-    Ok(stored
-        .into_iter()
-        .map(|container| Container {
-            id: container.id,
-            customer_id: container.customer_id,
-            origin: container.origin,
-            user_id: container.user_id,
-        })
-        .collect())
+    })
 }
 
 /// A database failure as the caller sees it: a taken id, a store that
@@ -250,24 +228,30 @@ where
     &'static str: sqlx::ColumnIndex<R>,
 {
     let read = |err: sqlx::Error| store_error("", err);
+    let id: String = row.try_get("id").map_err(read)?;
     let containers: String = row.try_get("containers").map_err(read)?;
     Ok((
         row.try_get("seq").map_err(read)?,
         Consignment {
-            id: row.try_get("id").map_err(read)?,
+            weight: weight_from_store(&id, row.try_get("weight").map_err(read)?)?,
+            containers: containers_from_json(&id, &containers)?,
             description: row.try_get("description").map_err(read)?,
-            weight: weight_from_store(row.try_get("weight").map_err(read)?)?,
-            containers: containers_from_json(&containers)?,
             vessel_id: row.try_get("vessel_id").map_err(read)?,
+            id,
         },
     ))
 }
 
-/// A stored weight back as the domain's type; the schema only admits
-/// positive values that came from a `u32`.
-fn weight_from_store(weight: i64) -> Result<u32, ConsignmentError> {
-    u32::try_from(weight).map_err(|_| {
-        ConsignmentError::Internal(anyhow::anyhow!("a stored weight is out of range: {weight}"))
+/// Consignment `id`'s stored weight as the domain's type. The schema only
+/// checks `weight > 0` and a BIGINT holds more than the wire's int32, so a
+/// row written by hand or by another program can be out of range: that is
+/// an error naming the row, never a clamped weight.
+fn weight_from_store(id: &str, kg: i64) -> Result<Weight, ConsignmentError> {
+    Weight::new(kg).ok_or_else(|| {
+        ConsignmentError::Internal(anyhow::anyhow!(
+            "the stored weight of consignment {id:?} is {kg} kg, outside 1 to {} kg",
+            i32::MAX
+        ))
     })
 }
 
@@ -284,7 +268,7 @@ pub(crate) mod contract {
         Consignment {
             id: id.into(),
             description: format!("consignment {id}"),
-            weight: 1,
+            weight: Weight::new(1).unwrap(),
             containers: vec![Container {
                 id: String::new(),
                 customer_id: "cust001".into(),
@@ -431,7 +415,33 @@ mod tests {
     fn containers_round_trip_through_their_json_column() {
         let containers = contract::consignment("a").containers;
         let json = containers_to_json(&containers).unwrap();
-        assert_eq!(containers_from_json(&json).unwrap(), containers);
-        assert!(containers_from_json("{").is_err());
+        assert_eq!(containers_from_json("a", &json).unwrap(), containers);
+        let corrupt = containers_from_json("a", "{").unwrap_err();
+        assert!(format!("{corrupt:#}").contains("\"a\""), "{corrupt:#}");
+    }
+
+    /// The column's format is a stored format: rows written before the
+    /// domain type became the stored shape must read back, and new rows must
+    /// be readable by older replicas during a rolling upgrade.
+    #[test]
+    fn the_containers_column_keeps_its_json_format() {
+        const STORED: &str = r#"[{"id":"","customer_id":"cust001","origin":"Manchester, United Kingdom","user_id":"user001"}]"#;
+        let containers = contract::consignment("a").containers;
+        assert_eq!(containers_to_json(&containers).unwrap(), STORED);
+        assert_eq!(containers_from_json("a", STORED).unwrap(), containers);
+    }
+
+    #[test]
+    fn an_out_of_range_stored_weight_is_an_error_naming_the_row() {
+        assert_eq!(i64::from(weight_from_store("a", 7).unwrap()), 7);
+        for kg in [0, -1, i64::from(i32::MAX) + 1] {
+            let err = weight_from_store("c-9", kg).unwrap_err();
+            assert!(matches!(err, ConsignmentError::Internal(_)), "{err:?}");
+            let message = format!("{err:#}");
+            assert!(
+                message.contains("\"c-9\"") && message.contains(&kg.to_string()),
+                "{message}"
+            );
+        }
     }
 }

@@ -189,6 +189,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stored_weight_beyond_the_wires_range_fails_the_read_by_name() {
+        let (_dir, store) = store().await;
+        // The schema's CHECK admits it; the wire's int32 cannot carry it.
+        sqlx::query(
+            "INSERT INTO consignments (id, description, weight, vessel_id, containers) \
+             VALUES ('heavy', '', 3000000000, 'v', '[]')",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let err = store.list(PageRequest::default()).await.unwrap_err();
+        assert!(matches!(err, ConsignmentError::Internal(_)), "{err:?}");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("\"heavy\"") && message.contains("3000000000"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_bad_data_directory_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
