@@ -20,14 +20,10 @@ pub enum ConsignmentError {
     /// vessel-service answered that no vessel fits.
     #[error("{0}")]
     NoVesselFits(String),
-    /// vessel-service has no instance, or none answered.
-    #[error("{service} is unavailable: {detail}")]
-    VesselUnavailable {
-        /// The service name looked up in etcd.
-        service: String,
-        /// What went wrong, for a person.
-        detail: String,
-    },
+    /// vessel-service has no instance, or none answered; the message, from
+    /// the channel that looked, names the service.
+    #[error("{0}")]
+    VesselUnavailable(String),
     /// The caller's deadline passed while waiting for vessel-service.
     #[error("deadline exceeded while asking {0} for a vessel")]
     DeadlineExceeded(String),
@@ -57,7 +53,7 @@ impl From<ConsignmentError> for tonic::Status {
             ConsignmentError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
             ConsignmentError::AlreadyExists(_) => Self::already_exists(err.to_string()),
             ConsignmentError::NoVesselFits(_) => Self::not_found(err.to_string()),
-            ConsignmentError::VesselUnavailable { .. } => Self::unavailable(err.to_string()),
+            ConsignmentError::VesselUnavailable(_) => Self::unavailable(err.to_string()),
             ConsignmentError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),
             ConsignmentError::StoreUnavailable(detail) => {
                 error!(error = %detail, "consignment store unavailable");

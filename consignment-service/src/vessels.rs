@@ -56,10 +56,7 @@ impl VesselFinder {
 fn vessel_error(service: &str, status: &Status) -> ConsignmentError {
     match status.code() {
         Code::NotFound => ConsignmentError::NoVesselFits(status.message().to_owned()),
-        Code::Unavailable => ConsignmentError::VesselUnavailable {
-            service: service.to_owned(),
-            detail: status.message().to_owned(),
-        },
+        Code::Unavailable => ConsignmentError::VesselUnavailable(status.message().to_owned()),
         Code::DeadlineExceeded => ConsignmentError::DeadlineExceeded(service.to_owned()),
         _ => {
             ConsignmentError::Internal(anyhow::anyhow!("{service} failed FindAvailable: {status}"))

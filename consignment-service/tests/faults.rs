@@ -460,8 +460,8 @@ async fn with_no_vessel_instance_the_cli_fails_fast_and_says_why() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(
         stderr.trim(),
-        "error: CreateConsignment failed: UNAVAILABLE: shippy.service.vessel is unavailable: \
-         no instance is registered in etcd"
+        "error: CreateConsignment failed: UNAVAILABLE: \
+         no instance of shippy.service.vessel is registered in etcd"
     );
     // The CLI's deadline is 10 s; failing fast means well under it.
     assert!(took < Duration::from_secs(2), "{took:?}");
