@@ -14,8 +14,9 @@
 #   make compose-e2e  check docker-compose.yml end to end on stand-in images made
 #                     locally, with no registry (CI runs it after make test)
 #
-# protoc is not needed: protox, a protoc-compatible compiler from crates.io,
-# is installed under .tools/ on first use and passed to the build as PROTOC.
+# The build compiles .proto files (ours and etcd-client's) with protoc:
+# Debian's protobuf-compiler, installed on first use, unless PROTOC names
+# another one.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -23,10 +24,8 @@ CARGO ?= cargo
 # The compose v2 plugin when it is installed, else docker-compose v1.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-TOOLS := $(CURDIR)/.tools
-PROTOX_VERSION := 0.10.0
-PROTOX := $(TOOLS)/bin/protox
-PROTOC ?= $(PROTOX)
+DEBIAN_PROTOC := /usr/bin/protoc
+PROTOC ?= $(DEBIAN_PROTOC)
 export PROTOC
 
 .PHONY: build run test lint check-format tools etcd postgres clean faults bench
@@ -49,12 +48,11 @@ lint: tools check-format
 check-format:
 	$(CARGO) fmt --all -- --check
 
-# Only installs protox when PROTOC still points at it, so an explicit
-# PROTOC=/usr/bin/protoc is respected.
+# Installs Debian's protoc (and the well-known .proto files it needs) only
+# when PROTOC still points at it, so an explicit PROTOC=... is respected.
 tools:
-	@if [ "$(PROTOC)" = "$(PROTOX)" ] && [ ! -x "$(PROTOX)" ]; then \
-		echo "Installing protox $(PROTOX_VERSION) into $(TOOLS) (used as protoc)"; \
-		$(CARGO) install --quiet --locked --root "$(TOOLS)" --features bin protox --version $(PROTOX_VERSION); \
+	@if [ "$(PROTOC)" = "$(DEBIAN_PROTOC)" ] && [ ! -x "$(DEBIAN_PROTOC)" ]; then \
+		./scripts/apt-install.sh protobuf-compiler libprotobuf-dev; \
 	fi
 
 etcd:
