@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::etcd::EtcdClient;
 use crate::record::{AdvertiseAddr, Instance, KeySpace, decode_instance, instance_key_from};
-use crate::retry::{Backoff, HELD_LONG_ENOUGH, Outage, Subject};
+use crate::retry::{Backoff, HELD_LONG_ENOUGH, Outage, Subject, within};
 
 /// The instances of one service known right now, by etcd key.
 pub type InstanceMap = BTreeMap<String, AdvertiseAddr>;
@@ -240,16 +240,17 @@ impl Follower {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);
-        let mut stream = match self
-            .etcd
-            .client()
-            .watch(self.prefix.as_str(), Some(options))
-            .await
-        {
+        let opened = within(
+            self.etcd
+                .client()
+                .watch(self.prefix.as_str(), Some(options)),
+        )
+        .await;
+        let mut stream = match opened {
             Ok(stream) => stream,
             Err(err) => {
                 return WatchEnd::Broken {
-                    error: anyhow!(err).context("opening watch"),
+                    error: err.context("opening watch"),
                     last_seen,
                 };
             }
