@@ -198,7 +198,7 @@ pub struct LoadOptions {
 }
 
 /// Latency percentiles of the successful calls, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Latency {
     /// Mean.
     pub mean_us: f64,
@@ -213,7 +213,7 @@ pub struct Latency {
 }
 
 /// What one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     /// The call made.
     pub target: TargetKind,

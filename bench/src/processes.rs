@@ -25,7 +25,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const REGISTRY_PREFIX: &str = "/shippy/services";
 
 /// The two services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceKind {
     /// vessel-service.

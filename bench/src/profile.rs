@@ -34,7 +34,7 @@ const STACK_BYTES: u32 = 16_384;
 const TOP: usize = 10;
 
 /// Profiles taken, or why none could be.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     /// One profile per concurrency profiled.
@@ -50,7 +50,7 @@ pub enum Outcome {
 }
 
 /// One profiled window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Profile {
     /// Callers at once during the window.
     pub concurrency: u32,
@@ -64,7 +64,7 @@ pub struct Profile {
 }
 
 /// One share of a process's samples.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Share {
     /// What the share is of.
     pub name: String,
@@ -73,7 +73,7 @@ pub struct Share {
 }
 
 /// Where one process spent its CPU time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ProcessProfile {
     /// The binary.
     pub name: String,

@@ -29,7 +29,7 @@ pub const DEREGISTRATION_MAX_MS: f64 = 100.0;
 pub const IDLE_RSS_MAX_KB: u64 = 20_000_000 / 1024;
 
 /// How the run was set up.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Settings {
     /// Rounds of interleaved windows.
     pub rounds: u32,
@@ -114,7 +114,7 @@ impl Settings {
 }
 
 /// One measurement window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Window {
     /// Which round, from 1.
     pub round: u32,
@@ -131,7 +131,7 @@ pub struct Window {
 }
 
 /// Registration and deregistration latency samples of one service.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Registration {
     /// Which service.
     pub service: ServiceKind,
@@ -186,7 +186,7 @@ fn spread_ms(samples: &[f64]) -> String {
 }
 
 /// Resident memory of one service, kB.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Memory {
     /// Which service.
     pub service: ServiceKind,
@@ -231,7 +231,7 @@ impl Memory {
 }
 
 /// One call at one concurrency, over all rounds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Aggregate {
     /// The call.
     pub target: TargetKind,
@@ -256,7 +256,7 @@ pub struct Aggregate {
 }
 
 /// A ratio taken per round, and its median.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Ratio {
     /// Median over rounds.
     pub median: f64,
@@ -282,7 +282,7 @@ impl Ratio {
 }
 
 /// The ratios to the floor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Ratios {
     /// e2e p50 / echo p50 at concurrency 1: what a hop chain costs one caller.
     pub p50_at_1: Option<Ratio>,
@@ -305,7 +305,7 @@ pub struct Ratios {
 }
 
 /// etcd calls during the load windows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EtcdDuringLoad {
     /// Range (read) calls etcd handled during any window.
     pub range_reads: u64,
@@ -314,7 +314,7 @@ pub struct EtcdDuringLoad {
 }
 
 /// One target and whether it held.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Check {
     /// What is measured.
     pub name: String,
@@ -327,7 +327,7 @@ pub struct Check {
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     /// The machine.
     pub machine: Machine,
@@ -1254,5 +1254,24 @@ mod tests {
         assert_eq!(p50.median, 2.25);
         let throughput = ratio(|s: &Summary| s.throughput);
         assert_eq!(throughput.per_round, [0.5, 0.4]);
+    }
+}
+
+#[cfg(test)]
+mod committed {
+    use super::*;
+
+    #[test]
+    fn the_committed_markdown_renders_from_the_committed_json() {
+        let report: Report = serde_json::from_str(include_str!("../../BENCHMARKS.json")).unwrap();
+        let expected = include_str!("../../BENCHMARKS.md");
+        let got = markdown(&report);
+        for (i, (a, b)) in got.lines().zip(expected.lines()).enumerate() {
+            assert_eq!(a, b, "line {}", i + 1);
+        }
+        assert_eq!(got, expected);
+        let value: serde_json::Value =
+            serde_json::from_str(include_str!("../../BENCHMARKS.json")).unwrap();
+        assert_eq!(serde_json::to_value(&report).unwrap(), value);
     }
 }

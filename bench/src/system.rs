@@ -138,7 +138,7 @@ async fn http_get(endpoint: &str, path: &str) -> anyhow::Result<String> {
 }
 
 /// The machine a run happened on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Machine {
     /// CPUs this process may run on.
     pub cores: usize,
