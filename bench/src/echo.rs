@@ -42,22 +42,19 @@ impl pb::echo_server::Echo for EchoHandler {
     }
 }
 
-/// Answers every call with what the echo server it forwards to answers.
+/// Answers every call with what the echo server it forwards to answers,
+/// over one lazily connected channel.
 #[derive(Debug, Clone)]
-pub struct RelayHandler {
-    /// The echo server, over one lazily connected channel.
-    backend: pb::echo_client::EchoClient<Channel>,
-}
+pub struct RelayHandler(pb::echo_client::EchoClient<Channel>);
 
 impl RelayHandler {
     /// A relay to the echo server at `address` (`host:port`).
     pub fn new(address: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .with_context(|| format!("{address} is not a usable address"))?
-            .connect_lazy();
-        Ok(Self {
-            backend: pb::echo_client::EchoClient::new(channel),
-        })
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .with_context(|| format!("{address} is not a usable address"))?;
+        Ok(Self(pb::echo_client::EchoClient::new(
+            endpoint.connect_lazy(),
+        )))
     }
 }
 
@@ -67,13 +64,8 @@ impl pb::echo_server::Echo for RelayHandler {
         &self,
         request: Request<pb::EchoMessage>,
     ) -> Result<Response<pb::EchoMessage>, Status> {
-        let answer = self
-            .backend
-            .clone()
-            .echo(request.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(answer))
+        let answer = self.0.clone().echo(request.into_inner()).await?;
+        Ok(Response::new(answer.into_inner()))
     }
 }
 
@@ -107,8 +99,8 @@ pub async fn run_command(args: &EchoServerArgs) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {address}")?;
     stdout.flush()?;
     drop(stdout);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let stop = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
