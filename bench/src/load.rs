@@ -489,19 +489,17 @@ pub async fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::echo;
+    use crate::echo::{self, pb::echo_server::Echo};
 
-    async fn echo_target() -> (Target, tokio::sync::oneshot::Sender<()>) {
+    /// Serves `handler` on a free loopback port until the sender is dropped.
+    async fn serve(handler: impl Echo) -> (String, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(echo::serve(listener, echo::EchoHandler, async {
+        tokio::spawn(echo::serve(listener, handler, async {
             let _ = stopped.await;
         }));
-        let target = Target::connect(TargetKind::Echo, &address.to_string(), None)
-            .await
-            .unwrap();
-        (target, stop)
+        (address, stop)
     }
 
     fn options(concurrency: u32, requests: u64, warmup: Duration) -> LoadOptions {
@@ -522,22 +520,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_count_is_measured_exactly_after_the_warmup() {
-        let (target, _stop) = echo_target().await;
-        let summary = run(&target, &options(4, 250, Duration::from_millis(50)))
-            .await
-            .unwrap();
-        assert_eq!((summary.requests, summary.errors), (250, 0));
-        let l = summary.latency;
-        assert!(
-            l.p50_us > 0.0 && l.p50_us <= l.p90_us && l.p90_us <= l.p99_us && l.p99_us <= l.max_us
-        );
-        assert!(summary.throughput > 0.0);
+    async fn calls_are_echoed_directly_and_through_the_relay_and_counted_after_the_warmup() {
+        let (echo, _stop_echo) = serve(echo::EchoHandler).await;
+        let (relay, _stop_relay) = serve(echo::RelayHandler::new(&echo).unwrap()).await;
+        for (kind, address) in [(TargetKind::Echo, echo), (TargetKind::Relay, relay)] {
+            let target = Target::connect(kind, &address, None).await.unwrap();
+            let summary = run(&target, &options(4, 250, Duration::from_millis(50))).await;
+            let summary = summary.unwrap();
+            // An echo of another size would count as an error.
+            assert_eq!((summary.requests, summary.errors), (250, 0), "{kind:?}");
+            let l = summary.latency;
+            assert!(
+                0.0 < l.p50_us && l.p50_us <= l.p90_us && l.p99_us <= l.max_us,
+                "{l:?}"
+            );
+            assert!(summary.throughput > 0.0);
+        }
     }
 
     #[tokio::test]
     async fn an_unreachable_service_counts_as_errors() {
-        let (target, stop) = echo_target().await;
+        let (address, stop) = serve(echo::EchoHandler).await;
+        let target = Target::connect(TargetKind::Echo, &address, None)
+            .await
+            .unwrap();
         stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let summary = run(&target, &options(2, 10, Duration::ZERO)).await.unwrap();

@@ -49,7 +49,7 @@ pub const TARGETS: [TargetKind; 4] = [
 ];
 
 /// How the run was set up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Settings {
     pub rounds: u32,
     pub window_secs: f64,
@@ -207,7 +207,7 @@ impl Ratio {
 /// The ratios to a floor: e2e, relay and FindAvailable over echo, and e2e
 /// over the relay (what shippy adds to two bare hops); p50s at concurrency
 /// 1 (and e2e's at the high one too), throughputs at the high concurrency.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Ratios {
     pub p50_at_1: Option<Ratio>,
     pub p50_at_high: Option<Ratio>,
@@ -221,7 +221,7 @@ pub struct Ratios {
 }
 
 /// etcd calls during the load windows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EtcdDuringLoad {
     pub range_reads: u64,
     /// Every unary call etcd handled during any window, by method.
@@ -238,7 +238,7 @@ pub struct Check {
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
@@ -259,40 +259,6 @@ pub struct Report {
 }
 
 impl Report {
-    /// A report of these measurements, with the targets evaluated.
-    pub fn new(
-        machine: Machine,
-        settings: Settings,
-        windows: Vec<Window>,
-        registration: Vec<Registration>,
-        memory: Vec<Memory>,
-        echo_idle_rss_kb: u64,
-    ) -> Self {
-        let mut calls = BTreeMap::new();
-        for (method, count) in windows.iter().flat_map(|w| &w.etcd_calls) {
-            *calls.entry(method.clone()).or_insert(0) += count;
-        }
-        let mut report = Self {
-            machine,
-            load_average: [None, None],
-            aggregates: aggregates(&settings, &windows),
-            ratios: ratios(&settings, &windows),
-            etcd_during_load: EtcdDuringLoad {
-                range_reads: calls.get("Range").copied().unwrap_or(0),
-                calls,
-            },
-            settings,
-            registration,
-            memory,
-            echo_idle_rss_kb,
-            checks: Vec::new(),
-            profile: None,
-            windows,
-        };
-        report.evaluate();
-        report
-    }
-
     /// The concurrencies at which a latency or throughput target did not
     /// hold, where a profile shows where the time goes.
     pub fn concurrencies_to_profile(&self) -> Vec<u32> {
@@ -307,8 +273,16 @@ impl Report {
             .collect()
     }
 
-    /// (Re)computes the targets from the measurements.
+    /// (Re)computes everything derived from the measurements: the medians,
+    /// the ratios, etcd's calls during the load and the targets.
     pub fn evaluate(&mut self) {
+        (self.aggregates, self.ratios) = (aggregates(self), ratios(self));
+        let mut calls = BTreeMap::new();
+        for (method, count) in self.windows.iter().flat_map(|w| &w.etcd_calls) {
+            *calls.entry(method.clone()).or_insert(0) += count;
+        }
+        let range_reads = calls.get("Range").copied().unwrap_or(0);
+        self.etcd_during_load = EtcdDuringLoad { range_reads, calls };
         let ratio = |ratio: &Option<Ratio>, held: fn(f64) -> bool| match ratio {
             Some(r) => (
                 format!("{:.2}× (rounds {:.2}–{:.2})", r.median, r.min, r.max),
@@ -385,7 +359,8 @@ fn check(name: String, goal: String, (measured, held): (String, bool)) -> Check 
     }
 }
 
-fn aggregates(settings: &Settings, windows: &[Window]) -> Vec<Aggregate> {
+fn aggregates(report: &Report) -> Vec<Aggregate> {
+    let (settings, windows) = (&report.settings, &report.windows);
     let mut out = Vec::new();
     for concurrency in settings.concurrency {
         for target in TARGETS {
@@ -449,7 +424,8 @@ fn per_round(
         .collect()
 }
 
-fn ratios(settings: &Settings, windows: &[Window]) -> Ratios {
+fn ratios(report: &Report) -> Ratios {
+    let (settings, windows) = (&report.settings, &report.windows[..]);
     use TargetKind::{Create, Echo, Find, Relay};
     let p50 = |s: &Summary| s.latency.p50_us;
     let throughput = |s: &Summary| s.throughput;
@@ -526,41 +502,5 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
-
-    #[test]
-    fn ratios_are_taken_within_each_round() {
-        let window = |round, target, throughput, p50_us| {
-            let summary = serde_json::json!({
-                "target": target, "concurrency": 1, "requests": 10, "errors": 0,
-                "errors_by_code": {}, "first_error": null, "elapsed_secs": 1.0,
-                "throughput": throughput,
-                "latency": {"mean_us": 0.0, "p50_us": p50_us, "p90_us": 0.0, "p99_us": 0.0, "max_us": 0.0},
-            });
-            Window {
-                round,
-                summary: serde_json::from_value(summary).unwrap(),
-                etcd_calls: BTreeMap::new(),
-                rss_peak_kb: BTreeMap::new(),
-                cpu_us_per_request: BTreeMap::new(),
-            }
-        };
-        let windows = [
-            window(1, TargetKind::Echo, 100.0, 100.0),
-            window(1, TargetKind::Create, 50.0, 200.0),
-            window(2, TargetKind::Echo, 50.0, 200.0),
-            window(2, TargetKind::Create, 20.0, 500.0),
-        ];
-        let settings: Settings = serde_json::from_value(serde_json::json!({
-            "rounds": 2, "window_secs": 1.0, "warmup_secs": 0.0, "concurrency": [1, 1],
-            "registration_samples": 1, "smoke": false, "smoke_requests": null,
-            "echo_payload_bytes": 1, "consignment_store": "", "service_log_level": "",
-            "binaries": "", "service_env": [],
-        }))
-        .unwrap();
-        let ratios = ratios(&settings, &windows);
-        let p50 = ratios.p50_at_1.unwrap();
-        assert_eq!((p50.per_round, p50.median), (vec![2.0, 2.5], 2.25));
-        assert_eq!(ratios.throughput_at_high.unwrap().per_round, [0.5, 0.4]);
     }
 }

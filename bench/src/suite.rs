@@ -101,7 +101,7 @@ async fn run(args: &SuiteArgs, binaries: &Binaries) -> anyhow::Result<Report> {
     tokio::time::sleep(SETTLE).await;
     let idle = services.map(|(_, pid)| status_kb(pid, "VmRSS:"));
     let idle: Vec<u64> = idle.into_iter().collect::<anyhow::Result<_>>()?;
-    let echo_idle_kb = status_kb(echo.process.pid(), "VmRSS:")?;
+    let echo_idle_rss_kb = status_kb(echo.process.pid(), "VmRSS:")?;
 
     let addresses = [&echo, &relay, &consignment, &vessel].map(|child| &child.address);
     let mut targets = Vec::new();
@@ -144,15 +144,16 @@ async fn run(args: &SuiteArgs, binaries: &Binaries) -> anyhow::Result<Report> {
         });
     }
 
-    let registration = vec![vessel_times, consignment_times];
-    let mut report = Report::new(
+    let mut report = Report {
         machine,
         settings,
-        windows,
-        registration,
+        registration: vec![vessel_times, consignment_times],
         memory,
-        echo_idle_kb,
-    );
+        echo_idle_rss_kb,
+        windows,
+        ..Report::default()
+    };
+    report.evaluate();
     let profiled = match args.profile {
         _ if report.settings.smoke => Vec::new(),
         ProfileMode::Never => Vec::new(),

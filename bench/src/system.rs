@@ -121,7 +121,7 @@ async fn http_get(endpoint: &str, path: &str) -> anyhow::Result<String> {
 }
 
 /// The machine a run happened on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
     /// CPUs this process may run on.
     pub cores: usize,
