@@ -17,20 +17,21 @@
 //! terminal, so logs and CI output stay clean.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use shippy_proto::consignment::v1 as consignment;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
 use shippy_proto::vessel::v1 as vessel;
 use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -227,13 +228,8 @@ pub struct Summary {
 impl Summary {
     /// Two lines for people: counts and rate, then latency.
     pub fn describe(&self) -> String {
-        let [p50, p90, p99, max] = [
-            self.latency.p50_us,
-            self.latency.p90_us,
-            self.latency.p99_us,
-            self.latency.max_us,
-        ]
-        .map(format_us);
+        let l = &self.latency;
+        let [p50, p90, p99, max] = [l.p50_us, l.p90_us, l.p99_us, l.max_us].map(format_us);
         let mut text = format!(
             "{} c={}: {} requests in {:.2} s, {:.0} req/s, {} errors\n  latency p50 {p50}  p90 {p90}  p99 {p99}  max {max}",
             self.target.label(),
@@ -322,24 +318,27 @@ pub async fn run(target: &Target, options: &LoadOptions) -> anyhow::Result<Summa
         tickets: AtomicU64::new(0),
         finished: AtomicU64::new(0),
     });
-    let progress = Progress::start(options, Arc::clone(&shared), started);
-    let callers: Vec<_> = (0..options.concurrency)
-        .map(|_| tokio::spawn(caller(target.clone(), Arc::clone(&shared), options.timeout)))
-        .collect();
+    let (bar, ticker) = progress(options, Arc::clone(&shared), started);
+    let call = |_| tokio::spawn(caller(target.clone(), Arc::clone(&shared), options.timeout));
+    let callers: Vec<_> = (0..options.concurrency).map(call).collect();
     let mut tally = Tally::new()?;
     for joined in callers {
         tally.merge(joined.await.context("a caller task failed")??)?;
     }
-    progress.finish();
-    let last_answer = tally
-        .last_answer
-        .map_or(measure_from, |at| at.max(measure_from));
-    let elapsed_secs = last_answer
-        .saturating_duration_since(measure_from)
-        .as_secs_f64();
-    let histogram = &tally.histogram;
-    let requests = histogram.len();
-    let us = |quantile| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    ticker.abort();
+    bar.finish_and_clear();
+    let last_answer = tally.last_answer.unwrap_or(measure_from).max(measure_from);
+    let elapsed_secs = (last_answer - measure_from).as_secs_f64();
+    let (histogram, requests) = (&tally.histogram, tally.histogram.len());
+    let us = |nanos: u64| nanos as f64 / 1000.0;
+    let at = |quantile| us(histogram.value_at_quantile(quantile));
+    let latency = Latency {
+        mean_us: histogram.mean() / 1000.0,
+        p50_us: at(0.50),
+        p90_us: at(0.90),
+        p99_us: at(0.99),
+        max_us: us(histogram.max()),
+    };
     Ok(Summary {
         target: target.kind,
         concurrency: options.concurrency,
@@ -356,13 +355,7 @@ pub async fn run(target: &Target, options: &LoadOptions) -> anyhow::Result<Summa
         latency: if requests == 0 {
             Latency::default()
         } else {
-            Latency {
-                mean_us: histogram.mean() / 1000.0,
-                p50_us: us(0.50),
-                p90_us: us(0.90),
-                p99_us: us(0.99),
-                max_us: histogram.max() as f64 / 1000.0,
-            }
+            latency
         },
     })
 }
@@ -393,66 +386,50 @@ async fn caller(
                 tally.histogram.saturating_record(nanos.max(1));
             }
             Err((code, message)) => {
-                tally
-                    .first_error
-                    .get_or_insert_with(|| format!("{code}: {message}"));
+                let first = || format!("{code}: {message}");
+                tally.first_error.get_or_insert_with(first);
                 *tally.errors.entry(code).or_insert(0) += 1;
             }
         }
     }
 }
 
-/// The progress bar and the task that redraws it.
-struct Progress {
-    bar: ProgressBar,
-    ticker: tokio::task::JoinHandle<()>,
-}
-
-impl Progress {
-    fn start(options: &LoadOptions, shared: Arc<Shared>, started: Instant) -> Self {
-        let target = if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let length = match options.amount {
-            Amount::Duration(duration) => millis(options.warmup) + millis(duration),
-            Amount::Requests(count) => count,
-        };
-        let bar = ProgressBar::with_draw_target(Some(length), target);
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix:>28} [{bar:30}] {percent:>3}% {msg}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix(options.label.clone());
-        let drawn = bar.clone();
-        let ticker = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROGRESS_TICK);
-            loop {
-                tick.tick().await;
-                let now = Instant::now();
-                let done = shared.finished.load(Ordering::Relaxed);
-                if now < shared.measure_from {
-                    drawn.set_message("warming up");
-                } else {
-                    let secs = (now - shared.measure_from).as_secs_f64();
-                    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-                    drawn.set_message(format!("{done} requests, {rate:.0}/s"));
-                }
-                drawn.set_position(match shared.amount {
-                    Amount::Duration(_) => millis(now - started),
-                    Amount::Requests(_) => done,
-                });
+/// The progress bar (drawn only when stderr is a terminal), and the task
+/// that redraws it until aborted.
+fn progress(
+    options: &LoadOptions,
+    shared: Arc<Shared>,
+    started: Instant,
+) -> (ProgressBar, JoinHandle<()>) {
+    let bar = ProgressBar::new(match options.amount {
+        Amount::Duration(duration) => millis(options.warmup) + millis(duration),
+        Amount::Requests(count) => count,
+    });
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {percent:>3}% {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(options.label.clone());
+    let drawn = bar.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let done = shared.finished.load(Ordering::Relaxed);
+            if now < shared.measure_from {
+                drawn.set_message("warming up");
+            } else {
+                let secs = (now - shared.measure_from).as_secs_f64();
+                let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+                drawn.set_message(format!("{done} requests, {rate:.0}/s"));
             }
-        });
-        Self { bar, ticker }
-    }
-
-    fn finish(self) {
-        self.ticker.abort();
-        self.bar.finish_and_clear();
-    }
+            drawn.set_position(match shared.amount {
+                Amount::Duration(_) => millis(now - started),
+                Amount::Requests(_) => done,
+            });
+        }
+    });
+    (bar, ticker)
 }
 
 fn millis(duration: Duration) -> u64 {

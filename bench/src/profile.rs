@@ -39,39 +39,24 @@ pub const SCHEDULER: &str = "tokio scheduler: parking, wake-ups, timers";
 const ALLOCATION: &str = "memory allocation (malloc, free)";
 const UNRESOLVED: &str = "kernel or libc, caller not resolved";
 
-/// Areas and the crates charged to them; a crate not listed is an area of
-/// its own. The shippy crates are one area, whichever crate the code is in.
-const AREAS: [(&str, &str); 11] = [
-    (
-        LOGGING,
-        "tracing_subscriber tracing_core tracing tracing_log sharded_slab nu_ansi_term",
-    ),
-    ("HTTP/2 framing and streams (h2)", "h2 tokio_util"),
-    (
-        "HTTP (hyper)",
-        "hyper hyper_util http http_body http_body_util httparse",
-    ),
-    ("gRPC (tonic)", "tonic tonic_prost"),
-    ("protobuf and buffers (prost, bytes)", "prost bytes"),
-    (
-        "tower middleware (buffer, reconnect)",
-        "tower tower_layer tower_service",
-    ),
-    (
-        SCHEDULER,
-        "tokio mio parking_lot parking_lot_core crossbeam_utils",
-    ),
-    (
-        "shippy's own code (handlers, pool, request log)",
-        "shippy_registry shippy_server shippy_client consignment_service vessel_service shippy_proto",
-    ),
-    (
-        "random ids (uuid, getrandom)",
-        "uuid getrandom rand rand_core rand_chacha",
-    ),
-    ("etcd client (keep-alives, watches)", "etcd_client"),
-    ("JSON (serde)", "serde serde_json"),
-];
+/// Areas, each with the crates charged to it after ` = `, separated by
+/// `; `; a crate not listed is an area of its own. The shippy crates are
+/// one area, whichever crate the code is in.
+const AREAS: &str = "\
+    logging and spans (tracing) = tracing_subscriber tracing_core tracing tracing_log \
+    sharded_slab nu_ansi_term; \
+    HTTP/2 framing and streams (h2) = h2 tokio_util; \
+    HTTP (hyper) = hyper hyper_util http http_body http_body_util httparse; \
+    gRPC (tonic) = tonic tonic_prost; \
+    protobuf and buffers (prost, bytes) = prost bytes; \
+    tower middleware (buffer, reconnect) = tower tower_layer tower_service; \
+    tokio scheduler: parking, wake-ups, timers = tokio mio parking_lot parking_lot_core \
+    crossbeam_utils; \
+    shippy's own code (handlers, pool, request log) = shippy_registry shippy_server \
+    shippy_client consignment_service vessel_service shippy_proto; \
+    random ids (uuid, getrandom) = uuid getrandom rand rand_core rand_chacha; \
+    etcd client (keep-alives, watches) = etcd_client; \
+    JSON (serde) = serde serde_json";
 /// Glue crates: a sample in them is charged to their caller.
 const GLUE: &str = "std core alloc futures_util futures_core futures pin_project_lite";
 /// Module paths charged to socket I/O whatever their crate.
@@ -272,9 +257,8 @@ fn area_of(name: &str, symbol: &str) -> String {
     if SOCKET_PATHS.iter().any(|prefix| path.starts_with(prefix)) {
         return SOCKET.to_owned();
     }
-    let listed = AREAS
-        .iter()
-        .find(|(_, crates)| crates.split(' ').any(|c| c == name));
+    let mut areas = AREAS.split("; ").filter_map(|area| area.split_once(" = "));
+    let listed = areas.find(|(_, crates)| crates.split(' ').any(|c| c == name));
     listed.map_or(name, |(area, _)| area).to_owned()
 }
 
