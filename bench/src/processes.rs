@@ -58,14 +58,17 @@ impl ServiceKind {
     }
 }
 
-/// Where the service binaries are, and the extra environment
-/// (`--service-env`) they run with.
+/// The service binaries, and the extra environment they run with.
 #[derive(Debug, Clone)]
-pub struct Binaries(PathBuf, Vec<(String, String)>);
+pub struct Binaries {
+    dir: PathBuf,
+    /// `--service-env`.
+    env: Vec<(String, String)>,
+}
 
 impl Binaries {
     /// The service binaries in `dir`, which must be there.
-    pub fn in_dir(dir: PathBuf, service_env: Vec<(String, String)>) -> anyhow::Result<Self> {
+    pub fn in_dir(dir: PathBuf, env: Vec<(String, String)>) -> anyhow::Result<Self> {
         for kind in [ServiceKind::VesselService, ServiceKind::ConsignmentService] {
             let path = dir.join(kind.binary());
             if !path.is_file() {
@@ -76,13 +79,13 @@ impl Binaries {
                 );
             }
         }
-        Ok(Self(dir, service_env))
+        Ok(Self { dir, env })
     }
 
     /// The directory by its last two components (`target/release`), for
     /// the report.
     pub fn describe_dir(&self) -> String {
-        let mut names: Vec<_> = self.0.iter().rev().take(2).collect();
+        let mut names: Vec<_> = self.dir.iter().rev().take(2).collect();
         names.reverse();
         names.join("/".as_ref()).to_string_lossy().into_owned()
     }
@@ -101,8 +104,12 @@ pub struct Child {
 /// Opens a watch on `key` (a prefix when `prefix`) and waits until etcd
 /// confirms it, so no later change is missed.
 async fn watch(etcd: &Etcd, key: &str, prefix: bool) -> anyhow::Result<WatchStream> {
-    let options = Some(WatchOptions::new()).map(|o| if prefix { o.with_prefix() } else { o });
-    let watched = etcd.client().await?.watch(key, options).await;
+    let options = if prefix {
+        WatchOptions::new().with_prefix()
+    } else {
+        WatchOptions::new()
+    };
+    let watched = etcd.client().await?.watch(key, Some(options)).await;
     let mut stream = watched.context("opening an etcd watch")?;
     let created = stream
         .message()
@@ -149,14 +156,14 @@ pub async fn start_service(
     name: &str,
 ) -> anyhow::Result<(Child, Duration)> {
     let mut stream = watch(etcd, kind.prefix(), true).await?;
-    let mut command = Command::new(binaries.0.join(kind.binary()));
+    let mut command = Command::new(binaries.dir.join(kind.binary()));
     command
         .env_clear()
         .current_dir(logs)
         .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
         .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
         .envs(kind.extra_env().iter().copied())
-        .envs(binaries.1.iter().map(|(k, v)| (k, v)));
+        .envs(binaries.env.iter().map(|(k, v)| (k, v)));
     let spawned = Instant::now();
     let mut process = ChildGuard::spawn_logged(&mut command, &logs.join(format!("{name}.log")))?;
     let registered = tokio::select! {

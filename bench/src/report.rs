@@ -76,14 +76,12 @@ impl Settings {
     pub fn from_args(args: &SuiteArgs, payload: usize, binaries: String) -> Self {
         let smoke = args.smoke;
         let unless_smoke = |value: u32, smoke_value: u32| if smoke { smoke_value } else { value };
+        let warmup = if smoke { Duration::ZERO } else { args.warmup };
+        let service_env = args.service_env.iter().map(|(k, v)| format!("{k}={v}"));
         Self {
             rounds: unless_smoke(args.rounds, 1),
             window_secs: args.window.as_secs_f64(),
-            warmup_secs: if smoke {
-                0.0
-            } else {
-                args.warmup.as_secs_f64()
-            },
+            warmup_secs: warmup.as_secs_f64(),
             concurrency: [1, unless_smoke(args.concurrency, SMOKE_CONCURRENCY)],
             registration_samples: unless_smoke(args.registration_samples, 1),
             smoke,
@@ -92,11 +90,7 @@ impl Settings {
             consignment_store: "in memory (SHIPPY_DATABASE_URL=memory://)".to_owned(),
             service_log_level: "the services' default (info; a line per call)".to_owned(),
             binaries,
-            service_env: args
-                .service_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
+            service_env: service_env.collect(),
         }
     }
 

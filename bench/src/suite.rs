@@ -42,8 +42,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `shippy-bench suite`.
 pub async fn run_command(args: &SuiteArgs) -> anyhow::Result<()> {
+    // Absolute, since the services run in the log directory.
     let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
+        Some(dir) => std::path::absolute(dir).context("locating --bin-dir")?,
         None => {
             let exe = std::env::current_exe().context("locating shippy-bench")?;
             exe.parent()
@@ -169,8 +170,8 @@ async fn run(args: &SuiteArgs, binaries: &Binaries) -> anyhow::Result<Report> {
     // The long-running instances stop last, after the load: one more
     // deregistration sample each, under a full store and warm connections.
     drop((relay, echo));
-    for (index, service) in [(1, consignment), (0, vessel)] {
-        let times = &mut report.registration[index];
+    let registration = report.registration.iter_mut().rev();
+    for (times, service) in registration.zip([consignment, vessel]) {
         let took = processes::stop_service(service, times.service.binary(), &etcd).await?;
         times.deregistration_ms.push(ms(took));
     }
