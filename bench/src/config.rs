@@ -5,19 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 /// Benchmarks the shippy services against a raw tonic echo floor.
 #[derive(Debug, Parser)]
 #[command(name = "shippy-bench", version)]
-pub struct Cli {
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load one running endpoint and print a summary: throughput, latency
     /// p50/p90/p99/max and errors.
@@ -33,7 +26,7 @@ pub enum Command {
 }
 
 /// Which call the load generator makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
     /// `shippy.bench.v1.Echo/Echo` with a payload the size of the encoded
@@ -225,6 +218,6 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
-        Cli::command().debug_assert();
+        Command::command().debug_assert();
     }
 }

@@ -1,4 +1,4 @@
-//! etcd, the service binaries and the echo floor as child processes on free
+//! The service binaries and the echo floor as child processes on free
 //! loopback ports, and how long registration and deregistration take.
 //!
 //! etcd comes from `shippy-test-support` (a real etcd with a temporary data
@@ -15,22 +15,18 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use etcd_client::{EventType, WatchOptions, WatchStream};
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use shippy_test_support::{ChildGuard, Etcd, wait_until};
 use tokio::time::Instant;
 
 /// How long a service may take to register or to exit.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The registry prefix the services use by default.
-const REGISTRY_PREFIX: &str = "/shippy/services";
-
 /// The two services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceKind {
-    /// vessel-service.
     VesselService,
-    /// consignment-service.
     ConsignmentService,
 }
 
@@ -43,17 +39,12 @@ impl ServiceKind {
         }
     }
 
-    /// The name it registers under by default.
-    fn registered_name(self) -> &'static str {
+    /// The etcd prefix its instances' keys are under by default.
+    fn prefix(self) -> &'static str {
         match self {
-            Self::VesselService => "shippy.service.vessel",
-            Self::ConsignmentService => "shippy.service.consignment",
+            Self::VesselService => "/shippy/services/shippy.service.vessel/",
+            Self::ConsignmentService => "/shippy/services/shippy.service.consignment/",
         }
-    }
-
-    /// The etcd prefix its instances' keys are under.
-    fn prefix(self) -> String {
-        format!("{REGISTRY_PREFIX}/{}/", self.registered_name())
     }
 
     /// Environment beyond etcd and the listen address. consignment-service
@@ -67,105 +58,64 @@ impl ServiceKind {
     }
 }
 
-/// The binaries the suite runs, and the environment the services get.
+/// The service binaries, and the extra environment they run with.
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    /// Extra environment for both services (`--service-env`).
-    pub service_env: Vec<(String, String)>,
-    /// vessel-service.
-    pub vessel: PathBuf,
-    /// consignment-service.
-    pub consignment: PathBuf,
-    /// shippy-bench itself, run as `echo-server`.
-    pub bench: PathBuf,
+    dir: PathBuf,
+    /// `--service-env`.
+    env: Vec<(String, String)>,
 }
 
 impl Binaries {
-    /// The service binaries in `dir`, and the running bench binary.
-    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
-        let found = |name: &str| {
-            let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(anyhow!(
+    /// The service binaries in `dir`, which must be there.
+    pub fn in_dir(dir: PathBuf, env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        for kind in [ServiceKind::VesselService, ServiceKind::ConsignmentService] {
+            let path = dir.join(kind.binary());
+            if !path.is_file() {
+                bail!(
                     "{} not found: build it first (`cargo build --release --workspace --bins`, \
                      or `make bench`), or pass --bin-dir",
                     path.display()
-                ))
+                );
             }
-        };
-        Ok(Self {
-            service_env: Vec::new(),
-            vessel: found("vessel-service")?,
-            consignment: found("consignment-service")?,
-            bench: std::env::current_exe().context("locating shippy-bench")?,
-        })
-    }
-
-    /// The service binaries' directory, by its last two components
-    /// (`target/release`), for the report.
-    pub fn describe_dir(&self) -> String {
-        let components: Vec<_> = self
-            .vessel
-            .parent()
-            .map(|dir| {
-                dir.components()
-                    .rev()
-                    .take(2)
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        components.into_iter().rev().collect::<Vec<_>>().join("/")
-    }
-
-    fn service(&self, kind: ServiceKind) -> &Path {
-        match kind {
-            ServiceKind::VesselService => &self.vessel,
-            ServiceKind::ConsignmentService => &self.consignment,
         }
+        Ok(Self { dir, env })
+    }
+
+    /// The directory by its last two components (`target/release`), for
+    /// the report.
+    pub fn describe_dir(&self) -> String {
+        let mut names: Vec<_> = self.dir.iter().rev().take(2).collect();
+        names.reverse();
+        names.join("/".as_ref()).to_string_lossy().into_owned()
     }
 }
 
-/// A running, registered service instance.
-pub struct Service {
-    /// Which service.
-    pub kind: ServiceKind,
-    /// The process; killed if dropped while running.
+/// A running child process: a registered service instance or a floor.
+pub struct Child {
+    /// Killed if dropped while running.
     pub process: ChildGuard,
-    /// Its registration key.
-    pub key: String,
-    /// The `host:port` it registered.
+    /// The `host:port` it listens on.
     pub address: String,
-}
-
-impl Service {
-    /// The process id, for /proc and perf.
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
+    /// A service's registration key.
+    key: String,
 }
 
 /// Opens a watch on `key` (a prefix when `prefix`) and waits until etcd
 /// confirms it, so no later change is missed.
 async fn watch(etcd: &Etcd, key: &str, prefix: bool) -> anyhow::Result<WatchStream> {
-    let mut client = etcd.client().await?;
     let options = if prefix {
         WatchOptions::new().with_prefix()
     } else {
         WatchOptions::new()
     };
-    let mut stream = client
-        .watch(key, Some(options))
-        .await
-        .context("opening an etcd watch")?;
+    let watched = etcd.client().await?.watch(key, Some(options)).await;
+    let mut stream = watched.context("opening an etcd watch")?;
     let created = stream
         .message()
         .await
-        .context("waiting for the etcd watch")?
-        .is_some_and(|response| response.created());
-    if !created {
+        .context("waiting for the etcd watch")?;
+    if !created.is_some_and(|response| response.created()) {
         bail!("etcd did not confirm the watch on {key}");
     }
     Ok(stream)
@@ -184,16 +134,13 @@ async fn next_event(
             .map_err(|_| anyhow!("no {event_type:?} event within {timeout:?}"))?
             .context("reading the etcd watch")?
             .context("the etcd watch ended")?;
-        if let Some(kv) = response
+        let mut events = response
             .events()
             .iter()
-            .filter(|event| event.event_type() == event_type)
-            .find_map(|event| event.kv())
-        {
-            return Ok((
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            ));
+            .filter(|e| e.event_type() == event_type);
+        if let Some(kv) = events.find_map(|event| event.kv()) {
+            let text = |bytes| String::from_utf8_lossy(bytes).into_owned();
+            return Ok((text(kv.key()), text(kv.value())));
         }
     }
 }
@@ -207,16 +154,16 @@ pub async fn start_service(
     etcd: &Etcd,
     logs: &Path,
     name: &str,
-) -> anyhow::Result<(Service, Duration)> {
-    let mut stream = watch(etcd, &kind.prefix(), true).await?;
-    let mut command = Command::new(binaries.service(kind));
+) -> anyhow::Result<(Child, Duration)> {
+    let mut stream = watch(etcd, kind.prefix(), true).await?;
+    let mut command = Command::new(binaries.dir.join(kind.binary()));
     command
         .env_clear()
         .current_dir(logs)
         .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint())
         .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0")
         .envs(kind.extra_env().iter().copied())
-        .envs(binaries.service_env.iter().map(|(k, v)| (k, v)));
+        .envs(binaries.env.iter().map(|(k, v)| (k, v)));
     let spawned = Instant::now();
     let mut process = ChildGuard::spawn_logged(&mut command, &logs.join(format!("{name}.log")))?;
     let registered = tokio::select! {
@@ -229,65 +176,42 @@ pub async fn start_service(
     let took = spawned.elapsed();
     let (key, value) =
         registered.with_context(|| format!("starting {name}:\n{}", process.log_tail()))?;
-    let address = serde_json::from_str::<serde_json::Value>(&value)
-        .ok()
-        .and_then(|record| record.get("address")?.as_str().map(str::to_owned))
-        .with_context(|| format!("{name} registered an unreadable record: {value}"))?;
-    Ok((
-        Service {
-            kind,
-            process,
-            key,
-            address,
-        },
-        took,
-    ))
+    let record = serde_json::from_str::<serde_json::Value>(&value).ok();
+    let address = record.and_then(|record| Some(record.get("address")?.as_str()?.to_owned()));
+    let address =
+        address.with_context(|| format!("{name} registered an unreadable record: {value}"))?;
+    let child = Child {
+        process,
+        address,
+        key,
+    };
+    Ok((child, took))
 }
 
-/// Sends SIGTERM and returns the time until the key was gone from etcd,
-/// once the process has exited 0.
-pub async fn stop_service(mut service: Service, etcd: &Etcd) -> anyhow::Result<Duration> {
+/// Sends SIGTERM to the service `name` and returns the time until its key
+/// was gone from etcd, once the process has exited 0.
+pub async fn stop_service(mut service: Child, name: &str, etcd: &Etcd) -> anyhow::Result<Duration> {
     let mut stream = watch(etcd, &service.key, false).await?;
+    let process = &mut service.process;
     let signalled = Instant::now();
-    service.process.signal(Signal::SIGTERM)?;
-    next_event(&mut stream, EventType::Delete, START_TIMEOUT)
-        .await
-        .with_context(|| {
-            format!(
-                "stopping {}:\n{}",
-                service.kind.binary(),
-                service.process.log_tail()
-            )
-        })?;
+    process.signal(Signal::SIGTERM)?;
+    let deleted = next_event(&mut stream, EventType::Delete, START_TIMEOUT).await;
+    deleted.with_context(|| format!("stopping {name}:\n{}", process.log_tail()))?;
     let took = signalled.elapsed();
-    let status = service.process.wait_exit(START_TIMEOUT).await?;
+    let status = process.wait_exit(START_TIMEOUT).await?;
     if !status.success() {
         bail!(
-            "{} exited with {status} after SIGTERM:\n{}",
-            service.kind.binary(),
-            service.process.log_tail()
+            "{name} exited with {status} after SIGTERM:\n{}",
+            process.log_tail()
         );
     }
     Ok(took)
 }
 
-/// The echo floor in its own process.
-pub struct EchoServer {
-    /// The process; killed when dropped.
-    pub process: ChildGuard,
-    /// Where it listens.
-    pub address: String,
-}
-
 /// Starts `shippy-bench echo-server` on a free loopback port, as a relay
 /// to `forward` when given, logging to `<logs>/<name>.log`.
-pub async fn start_echo(
-    binaries: &Binaries,
-    forward: Option<&str>,
-    logs: &Path,
-    name: &str,
-) -> anyhow::Result<EchoServer> {
-    let mut command = Command::new(&binaries.bench);
+pub async fn start_echo(forward: Option<&str>, logs: &Path, name: &str) -> anyhow::Result<Child> {
+    let mut command = Command::new(std::env::current_exe().context("locating shippy-bench")?);
     command
         .env_clear()
         .args(["echo-server", "--listen", "127.0.0.1:0"]);
@@ -295,16 +219,21 @@ pub async fn start_echo(
         command.args(["--forward", backend]);
     }
     let process = ChildGuard::spawn_logged(&mut command, &logs.join(format!("{name}.log")))?;
-    wait_until(START_TIMEOUT, "the echo server to listen", || async {
-        process.log().contains("listening on ")
+    let listening = || {
+        let log = process.log();
+        let address = log
+            .lines()
+            .find_map(|line| line.strip_prefix("listening on "));
+        address.map(|address| address.trim().to_owned())
+    };
+    let listens = || async { listening().is_some() };
+    let waited = wait_until(START_TIMEOUT, "the echo server to listen", listens).await;
+    waited.with_context(|| process.log_tail())?;
+    let address = listening().context("the echo server did not say where it listens")?;
+    let key = String::new();
+    Ok(Child {
+        process,
+        address,
+        key,
     })
-    .await
-    .with_context(|| process.log_tail())?;
-    let address = process
-        .log()
-        .lines()
-        .find_map(|line| line.strip_prefix("listening on "))
-        .map(|address| address.trim().to_owned())
-        .context("the echo server did not say where it listens")?;
-    Ok(EchoServer { process, address })
 }

@@ -1,96 +1,82 @@
 //! What the suite reads off the machine and its processes: resident memory
-//! from `/proc/<pid>/status`, etcd's request counters from its `/metrics`,
-//! the core count, the CPU, the load average and the date.
+//! and CPU time from `/proc/<pid>`, etcd's request counters from its
+//! `/metrics`, the core count, the CPU, the load average and the date.
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a `/metrics` scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A process's resident set size (`VmRSS`) in kB.
-pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    status_field(pid, "VmRSS:")
+fn read(path: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))
 }
 
-/// A process's peak resident set size so far (`VmHWM`) in kB.
-pub fn peak_rss_kb(pid: u32) -> anyhow::Result<u64> {
-    status_field(pid, "VmHWM:")
-}
-
-fn status_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+/// A process's resident set size (`VmRSS:`) or its peak so far
+/// (`VmHWM:`), in kB.
+pub fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_status_kb(&status, field).with_context(|| format!("no {field} in {path}"))
+    parse_kb(&read(&path)?, field).with_context(|| format!("no {field} in {path}"))
 }
 
-/// The kB value of `field` (e.g. `VmRSS:`) in a `/proc/<pid>/status` text.
-fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|number| number.trim().parse().ok())
+/// The kB value of `field` (e.g. `VmRSS:`) in `/proc/<pid>/status` or
+/// `/proc/meminfo` text.
+fn parse_kb(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find_map(|line| line.strip_prefix(field))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// CPU time a process has used so far, user and system, all threads.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = parse_stat_ticks(&stat).with_context(|| format!("unreadable {path}"))?;
+    let ticks = parse_stat_ticks(&read(&path)?).with_context(|| format!("unreadable {path}"))?;
     let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
-        .flatten()
+        .flatten();
+    let per_second = per_second
         .and_then(|hz| u64::try_from(hz).ok())
-        .filter(|hz| *hz > 0)
-        .unwrap_or(100);
-    Ok(Duration::from_micros(ticks * 1_000_000 / per_second))
+        .filter(|hz| *hz > 0);
+    Ok(Duration::from_micros(
+        ticks * 1_000_000 / per_second.unwrap_or(100),
+    ))
 }
 
 /// utime + stime, in clock ticks, from a `/proc/<pid>/stat` line. The
 /// command name (field 2) may hold spaces and parentheses, so fields are
-/// counted from the last `)`.
+/// counted from the last `)`: field 3 (state) first, utime and stime are
+/// fields 14 and 15.
 fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let mut next = || fields.next()?.parse::<u64>().ok();
+    Some(next()? + next()?)
 }
 
 /// etcd's count of handled gRPC calls (`grpc_server_handled_total`) by
 /// method, summed over codes and services, from `<endpoint>/metrics`.
 pub async fn etcd_calls(endpoint: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let body = tokio::time::timeout(SCRAPE_TIMEOUT, http_get(endpoint, "/metrics"))
-        .await
-        .with_context(|| {
-            format!("{endpoint}/metrics did not answer within {SCRAPE_TIMEOUT:?}")
-        })??;
-    Ok(parse_handled(&body))
+    let body = tokio::time::timeout(SCRAPE_TIMEOUT, http_get(endpoint, "/metrics")).await;
+    let late = || format!("{endpoint}/metrics did not answer within {SCRAPE_TIMEOUT:?}");
+    Ok(parse_handled(&body.with_context(late)??))
 }
 
 /// Sums `grpc_server_handled_total` samples by their `grpc_method` label.
 fn parse_handled(metrics: &str) -> BTreeMap<String, f64> {
     let mut calls = BTreeMap::new();
     for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("grpc_server_handled_total{") else {
+        let sample = line.strip_prefix("grpc_server_handled_total{");
+        let Some((labels, value)) = sample.and_then(|rest| rest.split_once('}')) else {
             continue;
         };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
-        };
-        let method = labels.split(',').find_map(|label| {
-            label
-                .strip_prefix("grpc_method=\"")
-                .and_then(|value| value.strip_suffix('"'))
-        });
+        let method = labels
+            .split(',')
+            .find_map(|label| label.strip_prefix("grpc_method=\""));
+        let method = method.and_then(|value| value.strip_suffix('"'));
         if let (Some(method), Ok(value)) = (method, value.trim().parse::<f64>()) {
             *calls.entry(method.to_owned()).or_insert(0.0) += value;
         }
@@ -104,24 +90,21 @@ pub fn calls_between(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
 ) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .filter_map(|(method, count)| {
-            let delta = count - before.get(method).copied().unwrap_or(0.0);
-            (delta > 0.0).then(|| (method.clone(), delta.round() as u64))
-        })
-        .collect()
+    let delta = |(method, count): (&String, &f64)| {
+        let delta = count - before.get(method).copied().unwrap_or(0.0);
+        (delta > 0.0).then(|| (method.clone(), delta.round() as u64))
+    };
+    after.iter().filter_map(delta).collect()
 }
 
 /// A plain HTTP/1.0 GET against an `http://host:port` endpoint; the body.
 async fn http_get(endpoint: &str, path: &str) -> anyhow::Result<String> {
     let authority = endpoint
         .strip_prefix("http://")
-        .map(|rest| rest.trim_end_matches('/'))
-        .with_context(|| format!("{endpoint} is not an http:// URL"))?;
-    let mut stream = TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("cannot connect to {authority}"))?;
+        .map(|rest| rest.trim_end_matches('/'));
+    let authority = authority.with_context(|| format!("{endpoint} is not an http:// URL"))?;
+    let stream = TcpStream::connect(authority).await;
+    let mut stream = stream.with_context(|| format!("cannot connect to {authority}"))?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
@@ -138,13 +121,12 @@ async fn http_get(endpoint: &str, path: &str) -> anyhow::Result<String> {
 }
 
 /// The machine a run happened on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
     /// CPUs this process may run on.
     pub cores: usize,
     /// `model name` from /proc/cpuinfo.
     pub cpu: String,
-    /// Total memory in MiB.
     pub memory_mib: u64,
     /// `uname -sr`.
     pub kernel: String,
@@ -159,76 +141,45 @@ pub struct Machine {
 impl Machine {
     /// Reads the machine description; anything unreadable is `unknown`.
     pub fn read(etcd_binary: &str) -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"));
+        let cpu = cpu.and_then(|rest| Some(rest.split_once(':')?.1.trim().to_owned()));
+        let memory_kb = parse_kb(&read("/proc/meminfo").unwrap_or_default(), "MemTotal:");
         Self {
             cores: std::thread::available_parallelism().map_or(1, usize::from),
-            cpu: cpuinfo
-                .lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .and_then(|rest| rest.split_once(':'))
-                .map_or_else(
-                    || "unknown".to_owned(),
-                    |(_, model)| model.trim().to_owned(),
-                ),
-            memory_mib: parse_status_kb(&meminfo, "MemTotal:").map_or(0, |kb| kb / 1024),
-            kernel: command_line("uname", &["-sr"]),
+            cpu: cpu.unwrap_or_else(|| "unknown".to_owned()),
+            memory_mib: memory_kb.map_or(0, |kb| kb / 1024),
+            kernel: first_line("uname", &["-sr"]),
             rustc: env!("SHIPPY_BENCH_RUSTC_VERSION").to_owned(),
-            etcd: command_line(etcd_binary, &["--version"]),
-            date: utc_now(),
+            etcd: first_line(etcd_binary, &["--version"]),
+            date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         }
     }
 }
 
 /// The first line a command prints, or `unknown`.
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|output| {
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .next()
-                .map(|line| line.trim().to_owned())
-        })
-        .filter(|line| !line.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+fn first_line(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().ok();
+    let stdout = output.map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
+    let line = stdout
+        .as_deref()
+        .and_then(|text| text.lines().next())
+        .map(str::trim);
+    line.filter(|line| !line.is_empty())
+        .unwrap_or("unknown")
+        .to_owned()
 }
 
 /// The 1-minute load average, which shows how busy the machine was.
 pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
+    read("/proc/loadavg")
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
-}
-
-/// The current time as `YYYY-MM-DD HH:MM UTC`.
-pub fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    format_utc(secs)
-}
-
-/// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM UTC`.
-fn format_utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Days to civil date, after Howard Hinnant's `civil_from_days`.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
 }
 
 #[cfg(test)]
@@ -238,10 +189,10 @@ mod tests {
     #[test]
     fn resident_memory_is_read_from_proc_status() {
         let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t    9876 kB\n";
-        assert_eq!(parse_status_kb(status, "VmRSS:"), Some(9876));
-        assert_eq!(parse_status_kb(status, "VmHWM:"), Some(12345));
-        assert_eq!(parse_status_kb(status, "VmSwap:"), None);
-        assert!(rss_kb(std::process::id()).unwrap() > 0);
+        assert_eq!(parse_kb(status, "VmRSS:"), Some(9876));
+        assert_eq!(parse_kb(status, "VmHWM:"), Some(12345));
+        assert_eq!(parse_kb(status, "VmSwap:"), None);
+        assert!(status_kb(std::process::id(), "VmRSS:").unwrap() > 0);
     }
 
     #[test]
@@ -262,10 +213,10 @@ grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseGrant",grpc_service="
 grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"} 99
 "#;
         let calls = parse_handled(metrics);
-        assert_eq!(calls.get("Range"), Some(&9.0));
-        assert_eq!(calls.get("LeaseGrant"), Some(&1.0));
-        assert_eq!(calls.len(), 2);
-
+        assert_eq!(
+            calls,
+            [("LeaseGrant".into(), 1.0), ("Range".into(), 9.0)].into()
+        );
         let mut later = calls.clone();
         later.insert("Range".into(), 12.0);
         assert_eq!(
@@ -275,9 +226,8 @@ grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grp
     }
 
     #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13 UTC");
+    fn the_date_is_utc_to_the_minute() {
+        let date = Machine::read("etcd").date;
+        assert!(date.len() == 20 && date.ends_with(" UTC"), "{date}");
     }
 }
