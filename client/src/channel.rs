@@ -213,8 +213,9 @@ impl Shared {
                 break;
             }
             // While others remain to be tried, an attempt gets half the time
-            // left, so one hung instance cannot use up the whole deadline.
-            let budget = if index < last {
+            // left, so one hung instance cannot use up the whole deadline;
+            // a call that will not be sent again after a hang gets it all.
+            let budget = if index < last && !send_once {
                 remaining / 2
             } else {
                 remaining
@@ -231,31 +232,13 @@ impl Shared {
                 Ok(Err(err)) => Failure::from_transport(err),
                 Err(_) => Failure::TimedOut,
             };
-            if let Failure::WrongServer(_) = failure {
-                member.avoid_for(UNUSABLE_FOR);
-                warn!(
-                    service = %self.service,
-                    key = %member.key,
-                    address = %member.address,
-                    error = %failure.message(),
-                    "instance answers as another server; its record is wrong"
-                );
-            } else {
-                member.avoid_for(SUSPECT_FOR);
-                warn!(
-                    service = %self.service,
-                    key = %member.key,
-                    address = %member.address,
-                    error = %failure.message(),
-                    "instance unreachable or not answering"
-                );
-            }
+            self.set_aside(&member, &failure);
             let safe_to_resend = !send_once
                 || matches!(
                     failure,
                     Failure::NeverConnected(_) | Failure::WrongServer(_)
                 );
-            let status = failure.into_status();
+            let status = failure.into_status(&self.service, &member.address);
             if !safe_to_resend {
                 return Err(status);
             }
@@ -272,6 +255,26 @@ impl Shared {
             "no instance of {} could be reached ({detail})",
             self.service
         )))
+    }
+
+    /// Tries `member` only after the others for a while, for how it failed,
+    /// and says so in the log.
+    fn set_aside(&self, member: &Member, failure: &Failure) {
+        let (period, why) = match failure {
+            Failure::WrongServer(_) => (
+                UNUSABLE_FOR,
+                "instance answers as another server; its record is wrong",
+            ),
+            _ => (SUSPECT_FOR, "instance unreachable or not answering"),
+        };
+        member.avoid_for(period);
+        warn!(
+            service = %self.service,
+            key = %member.key,
+            address = %member.address,
+            error = %failure.message(),
+            "{why}"
+        );
     }
 
     /// The earliest of the call's own deadline, the served call's, and the
@@ -462,13 +465,16 @@ impl Failure {
         }
     }
 
-    fn into_status(self) -> Status {
+    /// The status for this failure of a call to `service` at `address`.
+    fn into_status(self, service: &str, address: &AdvertiseAddr) -> Status {
         match self {
             Self::Answered(status)
             | Self::WrongServer(status)
             | Self::NeverConnected(status)
             | Self::Broken(status) => status,
-            Self::TimedOut => Status::deadline_exceeded("the attempt ran out of time"),
+            Self::TimedOut => {
+                Status::deadline_exceeded(format!("{service} at {address} did not answer in time"))
+            }
         }
     }
 }

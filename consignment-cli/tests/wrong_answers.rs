@@ -45,8 +45,14 @@ async fn records_pointing_at_another_server_cost_no_call() {
     let etcd_address = etcd.endpoint().trim_start_matches("http://").to_owned();
     register_first(&etcd, VESSEL, &etcd_address).await;
     register_first(&etcd, CONSIGNMENT, &etcd_address).await;
-    let _vessel = spawn_service("vessel-service", etcd.endpoint(), logs.path(), "vessel", &[])
-        .unwrap();
+    let _vessel = spawn_service(
+        "vessel-service",
+        etcd.endpoint(),
+        logs.path(),
+        "vessel",
+        &[],
+    )
+    .unwrap();
     wait_for_keys(&etcd, VESSEL, 2).await;
     let consignment = spawn_service(
         "consignment-service",
@@ -85,15 +91,24 @@ async fn a_silent_instance_costs_a_listing_nothing_and_a_create_its_deadline() {
     let etcd = Etcd::start().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let (silent, _holding) = silent_server().await;
-    let _vessel = spawn_service("vessel-service", etcd.endpoint(), logs.path(), "vessel", &[])
-        .unwrap();
+    let _vessel = spawn_service(
+        "vessel-service",
+        etcd.endpoint(),
+        logs.path(),
+        "vessel",
+        &[],
+    )
+    .unwrap();
     wait_for_keys(&etcd, VESSEL, 1).await;
 
     // Only the silent instance: a create may not be sent twice, so it
     // waits out its deadline and says so.
     register_first(&etcd, CONSIGNMENT, &silent).await;
     let sample = sample_file();
-    let stuck = run_cli(&etcd, &["create", "--timeout", "2", sample.to_str().unwrap()]);
+    let stuck = run_cli(
+        &etcd,
+        &["create", "--timeout", "2", sample.to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&stuck.stderr);
     assert_eq!(stuck.status.code(), Some(1), "{stderr}");
     assert!(
