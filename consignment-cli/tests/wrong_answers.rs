@@ -9,17 +9,20 @@
 
 mod common;
 
-use common::{CONSIGNMENT, VESSEL, run_cli, sample_file, wait_for_keys};
-use shippy_test_support::{Etcd, spawn_service};
+use common::run_cli;
+use shippy_test_support::fixtures::sample_file;
+use shippy_test_support::{Service, ServiceProcess, TestRegistry};
 use tokio::net::TcpListener;
 
-/// Registers `address` under `prefix` as an instance whose key sorts first.
-async fn register_first(etcd: &Etcd, prefix: &str, address: &str) {
+/// Registers `address` as an instance of `service` whose key sorts first.
+async fn register_first(registry: &TestRegistry, service: Service, address: &str) {
+    let key = registry.keys().instance_key(service.registered_name(), "0");
     let record = serde_json::json!({"name": "impostor", "id": "0", "address": address});
-    etcd.client()
+    registry
+        .client()
         .await
         .unwrap()
-        .put(format!("{prefix}0"), record.to_string(), None)
+        .put(key, record.to_string(), None)
         .await
         .unwrap();
 }
@@ -38,40 +41,37 @@ async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
     (address, task)
 }
 
+async fn start(
+    registry: &TestRegistry,
+    service: Service,
+    logs: &tempfile::TempDir,
+) -> ServiceProcess {
+    let name = service.package();
+    ServiceProcess::start(registry, service, logs.path(), name, &[])
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn records_pointing_at_another_server_cost_no_call() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let etcd_address = etcd.endpoint().trim_start_matches("http://").to_owned();
-    register_first(&etcd, VESSEL, &etcd_address).await;
-    register_first(&etcd, CONSIGNMENT, &etcd_address).await;
-    let _vessel = spawn_service(
-        "vessel-service",
-        etcd.endpoint(),
-        logs.path(),
-        "vessel",
-        &[],
-    )
-    .unwrap();
-    wait_for_keys(&etcd, VESSEL, 2).await;
-    let consignment = spawn_service(
-        "consignment-service",
-        etcd.endpoint(),
-        logs.path(),
-        "consignment",
-        &[],
-    )
-    .unwrap();
-    wait_for_keys(&etcd, CONSIGNMENT, 2).await;
+    // etcd answers gRPC on its client port, but none of shippy's methods.
+    let endpoints = registry.endpoints();
+    let etcd_address = endpoints.trim_start_matches("http://");
+    register_first(&registry, Service::Vessel, etcd_address).await;
+    register_first(&registry, Service::Consignment, etcd_address).await;
+    let _vessel = start(&registry, Service::Vessel, &logs).await;
+    let consignment = start(&registry, Service::Consignment, &logs).await;
     let sample = sample_file();
 
     for _ in 0..4 {
-        let created = run_cli(&etcd, &["create", sample.to_str().unwrap()]);
+        let created = run_cli(&registry, &["create", sample.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&created.stdout);
         assert!(created.status.success(), "{created:?}");
         assert!(stdout.contains("vessel_id:   vessel001"), "{stdout}");
     }
-    let listed = run_cli(&etcd, &["list"]);
+    let listed = run_cli(&registry, &["list"]);
     assert!(listed.status.success(), "{listed:?}");
     assert!(
         String::from_utf8_lossy(&listed.stdout).starts_with("All consignments (4):"),
@@ -88,27 +88,17 @@ async fn records_pointing_at_another_server_cost_no_call() {
 
 #[tokio::test]
 async fn a_silent_instance_costs_a_listing_nothing_and_a_create_its_deadline() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let (silent, _holding) = silent_server().await;
-    let _vessel = spawn_service(
-        "vessel-service",
-        etcd.endpoint(),
-        logs.path(),
-        "vessel",
-        &[],
-    )
-    .unwrap();
-    wait_for_keys(&etcd, VESSEL, 1).await;
+    let _vessel = start(&registry, Service::Vessel, &logs).await;
 
     // Only the silent instance: a create may not be sent twice, so it
     // waits out its deadline and says so.
-    register_first(&etcd, CONSIGNMENT, &silent).await;
+    register_first(&registry, Service::Consignment, &silent).await;
     let sample = sample_file();
-    let stuck = run_cli(
-        &etcd,
-        &["create", "--timeout", "2", sample.to_str().unwrap()],
-    );
+    let args = ["create", "--timeout", "2", sample.to_str().unwrap()];
+    let stuck = run_cli(&registry, &args);
     let stderr = String::from_utf8_lossy(&stuck.stderr);
     assert_eq!(stuck.status.code(), Some(1), "{stderr}");
     assert!(
@@ -118,17 +108,9 @@ async fn a_silent_instance_costs_a_listing_nothing_and_a_create_its_deadline() {
 
     // With a real instance beside it, listings (safe to send again) always
     // succeed, whichever instance they try first.
-    let _consignment = spawn_service(
-        "consignment-service",
-        etcd.endpoint(),
-        logs.path(),
-        "consignment",
-        &[],
-    )
-    .unwrap();
-    wait_for_keys(&etcd, CONSIGNMENT, 2).await;
+    let _consignment = start(&registry, Service::Consignment, &logs).await;
     for _ in 0..4 {
-        let listed = run_cli(&etcd, &["list", "--timeout", "4"]);
+        let listed = run_cli(&registry, &["list", "--timeout", "4"]);
         assert!(listed.status.success(), "{listed:?}");
     }
 }

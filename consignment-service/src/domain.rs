@@ -264,6 +264,8 @@ pub fn next_page_token(next_after: Option<i64>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use shippy_test_support::fixtures::{container, sample_consignment as sample};
+
     use super::*;
 
     fn get(page_size: i32, page_token: &str) -> pb::GetRequest {
@@ -299,29 +301,6 @@ mod tests {
         }
         assert_eq!(next_page_token(Some(7)), "7");
         assert_eq!(next_page_token(None), "");
-    }
-
-    fn container(customer: &str) -> pb::Container {
-        pb::Container {
-            id: String::new(),
-            customer_id: customer.into(),
-            origin: "Manchester, United Kingdom".into(),
-            user_id: "user001".into(),
-        }
-    }
-
-    fn sample() -> pb::Consignment {
-        pb::Consignment {
-            id: String::new(),
-            description: "This is a test consignment".into(),
-            weight: 55_000,
-            containers: vec![
-                container("cust001"),
-                container("cust002"),
-                container("cust005"),
-            ],
-            vessel_id: String::new(),
-        }
     }
 
     fn rejected_field(wire: pb::Consignment) -> String {
