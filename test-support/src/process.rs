@@ -320,13 +320,15 @@ pub fn cli(registry: &TestRegistry) -> anyhow::Result<Command> {
 /// `make test` runs) builds every package's binaries with the same features
 /// as the tests, before any test starts. Running one package's tests alone
 /// (`cargo test -p consignment-service`) builds only that package's
-/// binaries, so build the rest first with `cargo build --workspace --bins`.
+/// binaries, so build the rest first with `cargo test --workspace --no-run`
+/// (`cargo build` would build them with other features, compiling the
+/// dependencies a second time).
 pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let path = target_profile_dir()?.join(bin);
     if !path.is_file() {
         bail!(
             "{} is missing: build {package}'s binaries first with `cargo test --workspace` \
-             (as `make test` does) or `cargo build --workspace --bins`",
+             (as `make test` does) or `cargo test --workspace --no-run`",
             path.display()
         );
     }
