@@ -8,7 +8,10 @@
 //! This is where the suite's timing claims live (a key expires within its
 //! TTL and a second, a registration is back within two seconds, the CLI
 //! fails well within its deadline). Each test prints what it measured on a
-//! `fault:` line; `make faults` runs them one at a time and shows those lines.
+//! `fault:` line. `make faults` runs them one at a time and holds them to
+//! their claims (`SHIPPY_FAULT_TIMING=strict`); `make test` runs the same
+//! faults and checks the same outcomes, but allows each wait the suite's
+//! generous deadline, since a busy machine must not fail a behaviour test.
 
 // Test code: a failed unwrap is a failed test, and the report goes to stdout.
 #![allow(
@@ -40,6 +43,27 @@ const LEASE_TTL_SECS: u64 = 3;
 /// How soon a registration must be back once etcd answers again, or after
 /// an operator removed it.
 const RECOVERY: Duration = Duration::from_secs(2);
+
+/// Whether this run holds the timing claims, as `make faults` asks.
+fn strict() -> bool {
+    std::env::var_os("SHIPPY_FAULT_TIMING").is_some_and(|value| value == "strict")
+}
+
+/// How long to wait for something claimed to take at most `claim`: the
+/// claim itself under `make faults`, the suite's deadline otherwise.
+fn within(claim: Duration) -> Duration {
+    if strict() { claim } else { DEADLINE.max(claim) }
+}
+
+/// Holds `measured` to `claim` under `make faults`.
+fn holds(what: &str, measured: Duration, claim: Duration) {
+    if strict() {
+        assert!(
+            measured <= claim,
+            "{what}: took {measured:?}, claimed {claim:?}"
+        );
+    }
+}
 
 /// Starts a service binary with a short lease and waits until it has registered.
 async fn start(
@@ -216,8 +240,9 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
 
     doomed.signal(Signal::SIGKILL).unwrap();
     let killed_at = Instant::now();
+    let expiry = Duration::from_secs(LEASE_TTL_SECS + 1);
     wait_until(
-        Duration::from_secs(LEASE_TTL_SECS + 1),
+        within(expiry),
         "the killed instance's key to expire",
         || async { key_present(&registry, VESSELS, doomed.key()).await == Some(false) },
     )
@@ -235,7 +260,7 @@ async fn killing_one_of_two_vessel_instances_fails_no_request() {
         expired_after.as_secs_f64()
     ));
     no_failures(succeeded, &failures, &consignments);
-    assert!(expired_after <= Duration::from_secs(LEASE_TTL_SECS + 1));
+    holds("the killed instance's key expiring", expired_after, expiry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,8 +332,8 @@ async fn an_etcd_crash_and_restart_fails_no_request_and_loses_no_registration() 
     etcd.restart().await.unwrap();
     let answering = Instant::now();
     let outage = answering - killed_at;
-    wait_for_count(&registry, VESSELS, 1, RECOVERY).await;
-    wait_for_count(&registry, CONSIGNMENTS, 1, RECOVERY).await;
+    wait_for_count(&registry, VESSELS, 1, within(RECOVERY)).await;
+    wait_for_count(&registry, CONSIGNMENTS, 1, within(RECOVERY)).await;
     // The registrations' own keep-alives are running again.
     wait_for_log(&vessels, "etcd reachable again key=").await;
     wait_for_log(&consignments, "etcd reachable again key=").await;
@@ -331,7 +356,11 @@ async fn an_etcd_crash_and_restart_fails_no_request_and_loses_no_registration() 
         recovered_after.as_secs_f64()
     ));
     no_failures(succeeded, &failures, &consignments);
-    assert!(recovered_after < RECOVERY, "{recovered_after:?}");
+    holds(
+        "renewing again after etcd answered",
+        recovered_after,
+        RECOVERY,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +407,7 @@ async fn a_service_started_before_etcd_registers_once_etcd_answers() {
     etcd.restart().await.unwrap();
     let answering = Instant::now();
 
-    wait_for_count(&registry, VESSELS, 1, RECOVERY).await;
+    wait_for_count(&registry, VESSELS, 1, within(RECOVERY)).await;
     let registered_after = answering.elapsed();
     wait_for_log(&vessels, "registered in etcd").await;
     report(format!(
@@ -405,7 +434,7 @@ async fn with_no_vessel_instance_the_cli_fails_fast_and_says_why() {
          no instance of shippy.service.vessel is registered in etcd"
     );
     // The CLI's deadline is 10 s; failing fast means well under it.
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    holds("the CLI failing", took, Duration::from_secs(2));
     report(format!(
         "no vessel-service instance registered: the CLI exited 1 after {} ms with UNAVAILABLE",
         took.as_millis()
@@ -428,7 +457,7 @@ async fn a_revoked_lease_is_replaced_and_the_key_put_back_within_2s() {
     let mut operator = registry.client().await.unwrap();
     operator.lease_revoke(lease).await.unwrap();
     let revoked = Instant::now();
-    wait_until(RECOVERY, "the key back on a new lease", || async {
+    wait_until(within(RECOVERY), "the key back on a new lease", || async {
         stored(&registry, key)
             .await
             .is_some_and(|now| now.lease != lease)
@@ -458,11 +487,15 @@ async fn a_deleted_key_is_put_back_within_2s() {
     for _ in 0..3 {
         operator.delete(key, None).await.unwrap();
         let deleted = Instant::now();
-        wait_until(RECOVERY, "the deleted key back on its lease", || async {
-            stored(&registry, key)
-                .await
-                .is_some_and(|now| now.lease == lease)
-        })
+        wait_until(
+            within(RECOVERY),
+            "the deleted key back on its lease",
+            || async {
+                stored(&registry, key)
+                    .await
+                    .is_some_and(|now| now.lease == lease)
+            },
+        )
         .await
         .unwrap();
         slowest = slowest.max(deleted.elapsed());
