@@ -33,7 +33,6 @@ pub struct EchoServerArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-
     /// Relay instead: answer each call by making it to the echo server at
     /// this `host:port` and returning its answer.
     #[arg(long, value_name = "HOST:PORT")]

@@ -77,8 +77,25 @@ mod tests {
     }
 
     #[test]
-    fn the_command_line_is_consistent() {
+    fn the_command_line_is_consistent_and_a_request_count_replaces_the_duration() {
         use clap::CommandFactory;
         Command::command().debug_assert();
+        let load = |extra: &[&str]| {
+            let args = [
+                "shippy-bench",
+                "load",
+                "--target",
+                "echo",
+                "--address",
+                "a:1",
+            ];
+            match Command::try_parse_from(args.iter().chain(extra)) {
+                Ok(Command::Load(args)) => Ok(args.options),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        assert_eq!(load(&[]).unwrap().duration, Duration::from_secs(10));
+        assert_eq!(load(&["-n", "5"]).unwrap().requests, Some(5));
+        assert!(load(&["-n", "5", "--duration", "2"]).is_err());
     }
 }

@@ -1,14 +1,9 @@
-//! The processes a run measures and what is read off them and the machine:
-//! etcd, the service binaries and the floors as children on free loopback
-//! ports; registration and deregistration timed through an etcd watch;
-//! resident memory and CPU time from `/proc`; etcd's call counters from its
-//! `/metrics`; and the machine's description.
-//!
-//! Registration is timed from just before the service is spawned until a
-//! watch opened beforehand delivers the put of its key, deregistration from
-//! just before SIGTERM until the delete: a watch sees a change when etcd
-//! commits it, so there is no polling interval in the measurement, and it
-//! reads nothing from etcd's key space.
+//! The processes a run measures, and what is read off them and the machine:
+//! etcd, the services and the floors as children on free loopback ports;
+//! registration and deregistration timed through an etcd watch opened
+//! beforehand (it sees a change when etcd commits it, with no polling
+//! interval, and reads nothing from the key space); memory and CPU time from
+//! `/proc`; etcd's call counters from its `/metrics`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,29 +49,22 @@ pub struct Child {
     pub process: ChildGuard,
     /// The `host:port` it listens on.
     pub address: String,
-    /// Its log's name, for messages.
-    name: String,
-    /// A service's registration key.
+    /// A service's key in etcd.
     key: String,
 }
 
-/// A run's etcd, where the service binaries are, and the directory the
-/// children log to.
+/// A run's etcd, the service binaries and environment, and the directory
+/// the children log to.
 pub struct Lab {
-    /// The run's own etcd.
-    pub etcd: Etcd,
+    etcd: Etcd,
     bin_dir: PathBuf,
-    /// `--service-env`.
     service_env: Vec<(String, String)>,
     logs: TempDir,
 }
 
 impl Lab {
     /// Starts etcd, once both service binaries are found in `bin_dir`.
-    pub async fn start(
-        bin_dir: PathBuf,
-        service_env: Vec<(String, String)>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(bin_dir: PathBuf, env: &[(String, String)]) -> anyhow::Result<Self> {
         for kind in [ServiceKind::VesselService, ServiceKind::ConsignmentService] {
             let path = bin_dir.join(kind.binary());
             ensure!(
@@ -89,6 +77,7 @@ impl Lab {
         let logs = tempfile::Builder::new().prefix("shippy-bench-").tempdir();
         let logs = logs.context("creating a log dir")?;
         let etcd = Etcd::start().await.context("starting etcd")?;
+        let service_env = env.to_vec();
         Ok(Self {
             etcd,
             bin_dir,
@@ -102,11 +91,17 @@ impl Lab {
         self.logs.path()
     }
 
-    /// A command with nothing from this process's environment, run in [`Self::dir`].
+    /// A command for `program` that runs in [`Self::dir`] with none of this
+    /// process's environment.
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         command.env_clear().current_dir(self.dir());
         command
+    }
+
+    /// Spawns `command`, logging to `<name>.log`.
+    fn spawn(&self, command: &mut Command, name: &str) -> anyhow::Result<ChildGuard> {
+        ChildGuard::spawn_logged(command, &self.dir().join(format!("{name}.log")))
     }
 
     /// Starts `kind` on a free loopback port, logging to `<name>.log`, and
@@ -118,19 +113,19 @@ impl Lab {
     ) -> anyhow::Result<(Child, Duration)> {
         let service = kind.binary().trim_end_matches("-service");
         let prefix = format!("/shippy/services/shippy.service.{service}/");
-        let mut watch = self.watch(&prefix, true).await?;
+        let mut watch = self
+            .watch(&prefix, WatchOptions::new().with_prefix())
+            .await?;
         let mut command = self.command(self.bin_dir.join(kind.binary()));
-        command
-            .env("SHIPPY_ETCD_ENDPOINTS", self.etcd.endpoint())
-            .env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0");
+        command.env("SHIPPY_ETCD_ENDPOINTS", self.etcd.endpoint());
+        command.env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0");
         if kind == ServiceKind::ConsignmentService {
             // So the benchmark measures the RPC and discovery path, not a database.
             command.env("SHIPPY_DATABASE_URL", "memory://");
         }
         command.envs(self.service_env.iter().map(|(k, v)| (k, v)));
         let spawned = Instant::now();
-        let log = self.dir().join(format!("{name}.log"));
-        let mut process = ChildGuard::spawn_logged(&mut command, &log)?;
+        let mut process = self.spawn(&mut command, name)?;
         let registered = tokio::select! {
             event = next_event(&mut watch, EventType::Put) => event,
             exited = process.wait_exit(START_TIMEOUT + Duration::from_secs(1)) => {
@@ -138,19 +133,19 @@ impl Lab {
             }
         };
         let took = spawned.elapsed();
-        let (key, value) =
-            registered.with_context(|| format!("starting {name}:\n{}", process.log_tail()))?;
+        let log = || process.log_tail();
+        let (key, value) = registered.with_context(|| format!("starting {name}:\n{}", log()))?;
         #[derive(Deserialize)]
         struct Record {
             address: String,
         }
         let record = serde_json::from_str::<Record>(&value);
-        let record = record.with_context(|| format!("{name} registered {value:?}"))?;
-        let (address, name) = (record.address, name.to_owned());
+        let address = record
+            .with_context(|| format!("{name} registered {value:?}"))?
+            .address;
         let child = Child {
             process,
             address,
-            name,
             key,
         };
         Ok((child, took))
@@ -159,19 +154,18 @@ impl Lab {
     /// Sends SIGTERM to a service and returns the time until its key was
     /// gone from etcd, once it has exited 0.
     pub async fn stop_service(&self, mut service: Child) -> anyhow::Result<Duration> {
-        let mut watch = self.watch(&service.key, false).await?;
-        let (name, process) = (&service.name, &mut service.process);
+        let (key, process) = (&service.key, &mut service.process);
+        let mut watch = self.watch(key, WatchOptions::new()).await?;
         let signalled = Instant::now();
         process.signal(Signal::SIGTERM)?;
         let deleted = next_event(&mut watch, EventType::Delete).await;
-        deleted.with_context(|| format!("stopping {name}:\n{}", process.log_tail()))?;
+        deleted.with_context(|| format!("stopping {key}:\n{}", process.log_tail()))?;
         let took = signalled.elapsed();
         let status = process.wait_exit(START_TIMEOUT).await?;
-        let log = || process.log_tail();
+        let log = process.log_tail();
         ensure!(
             status.success(),
-            "{name} exited with {status} after SIGTERM:\n{}",
-            log()
+            "{key} exited with {status} on SIGTERM:\n{log}"
         );
         Ok(took)
     }
@@ -179,7 +173,8 @@ impl Lab {
     /// Starts `shippy-bench echo-server` on a free loopback port, as a relay
     /// to `forward` when given, logging to `<name>.log`.
     pub async fn start_echo(&self, forward: Option<&str>, name: &str) -> anyhow::Result<Child> {
-        let mut command = self.command(std::env::current_exe().context("locating shippy-bench")?);
+        let exe = std::env::current_exe().context("locating shippy-bench")?;
+        let mut command = self.command(exe);
         command.args(["echo-server", "--listen", "127.0.0.1:0"]);
         command.args(
             forward
@@ -187,37 +182,27 @@ impl Lab {
                 .iter()
                 .flatten(),
         );
-        let log = self.dir().join(format!("{name}.log"));
-        let process = ChildGuard::spawn_logged(&mut command, &log)?;
+        let process = self.spawn(&mut command, name)?;
         let listening = || {
             let log = process.log();
-            let address = log
-                .lines()
-                .find_map(|line| line.strip_prefix("listening on "));
-            address.map(|address| address.trim().to_owned())
+            let line = log.lines().find_map(|l| l.strip_prefix("listening on "));
+            line.map(|address| address.trim().to_owned())
         };
         let listens = || async { listening().is_some() };
         let waited = wait_until(START_TIMEOUT, "the echo server to listen", listens).await;
         waited.with_context(|| process.log_tail())?;
         let address = listening().context("the echo server did not say where it listens")?;
-        let (name, key) = (name.to_owned(), String::new());
+        let key = String::new();
         Ok(Child {
             process,
             address,
-            name,
             key,
         })
     }
 
-    /// A watch on `key` (a prefix when `prefix`), once etcd has confirmed
-    /// it, so that no later change is missed.
-    async fn watch(&self, key: &str, prefix: bool) -> anyhow::Result<WatchStream> {
-        let options = WatchOptions::new();
-        let options = if prefix {
-            options.with_prefix()
-        } else {
-            options
-        };
+    /// A watch on `key`, once etcd has confirmed it, so that no later
+    /// change is missed.
+    async fn watch(&self, key: &str, options: WatchOptions) -> anyhow::Result<WatchStream> {
         let watched = self.etcd.client().await?.watch(key, Some(options)).await;
         let mut stream = watched.context("opening an etcd watch")?;
         let created = stream
@@ -233,10 +218,8 @@ impl Lab {
     /// method, from its `/metrics`, read with a plain HTTP/1.0 GET.
     pub async fn etcd_calls(&self) -> anyhow::Result<BTreeMap<String, f64>> {
         let endpoint = self.etcd.endpoint();
-        let authority = endpoint
-            .strip_prefix("http://")
-            .map(|a| a.trim_end_matches('/'));
-        let authority = authority.with_context(|| format!("{endpoint} is not an http:// URL"))?;
+        let authority = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+        let authority = authority.trim_end_matches('/');
         let scrape = async {
             let mut stream = TcpStream::connect(authority).await?;
             let request = format!("GET /metrics HTTP/1.0\r\nHost: {authority}\r\n\r\n");
@@ -246,12 +229,9 @@ impl Lab {
             anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
         };
         let late = || format!("{endpoint}/metrics did not answer within {SCRAPE_TIMEOUT:?}");
-        let response = tokio::time::timeout(SCRAPE_TIMEOUT, scrape)
-            .await
-            .with_context(late)??;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("no end of headers")?;
+        let response = tokio::time::timeout(SCRAPE_TIMEOUT, scrape);
+        let response = response.await.with_context(late)??;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
         let status = head.lines().next().unwrap_or_default();
         let ok = status.split_whitespace().nth(1) == Some("200");
         ensure!(ok, "GET {endpoint}/metrics answered {status:?}");
@@ -266,11 +246,10 @@ async fn next_event(
 ) -> anyhow::Result<(String, String)> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let response = tokio::time::timeout_at(deadline, watch.message())
-            .await
-            .map_err(|_| anyhow!("no {event_type:?} event within {START_TIMEOUT:?}"))?
-            .context("reading the etcd watch")?
-            .context("the etcd watch ended")?;
+        let message = tokio::time::timeout_at(deadline, watch.message()).await;
+        let late = |_| anyhow!("no {event_type:?} event within {START_TIMEOUT:?}");
+        let response = message.map_err(late)?.context("reading the etcd watch")?;
+        let response = response.context("the etcd watch ended")?;
         let mut events = response.events().iter();
         let kv = events.find_map(|event| event.kv().filter(|_| event.event_type() == event_type));
         if let Some(kv) = kv {
@@ -332,15 +311,10 @@ fn parse_kb(text: &str, field: &str) -> Option<u64> {
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let ticks = parse_stat_ticks(&read(&path)?).with_context(|| format!("unreadable {path}"))?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten();
-    let per_second = per_second
-        .and_then(|hz| u64::try_from(hz).ok())
-        .filter(|hz| *hz > 0);
-    Ok(Duration::from_micros(
-        ticks * 1_000_000 / per_second.unwrap_or(100),
-    ))
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK);
+    let hz = hz.ok().flatten().and_then(|hz| u64::try_from(hz).ok());
+    let hz = hz.filter(|hz| *hz > 0).unwrap_or(100);
+    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
 }
 
 /// utime + stime, in clock ticks, from a `/proc/<pid>/stat` line: fields 14
@@ -362,22 +336,17 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
-/// The machine a run happened on.
+/// The machine a run happened on: the CPUs this process may use, the CPU
+/// model, memory, `uname -sr`, the compiler that built the bench (and, with
+/// `make bench`, the services), `etcd --version` and the start (UTC).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Machine {
-    /// CPUs this process may run on.
     pub cores: usize,
-    /// `model name` from /proc/cpuinfo.
     pub cpu: String,
-    /// `MemTotal` from /proc/meminfo.
     pub memory_mib: u64,
-    /// `uname -sr`.
     pub kernel: String,
-    /// The compiler that built the bench (and, with `make bench`, the services).
     pub rustc: String,
-    /// `etcd --version`'s first line.
     pub etcd: String,
-    /// When the run started, `YYYY-MM-DD HH:MM UTC`.
     pub date: String,
 }
 
@@ -416,21 +385,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resident_memory_is_read_from_proc_status() {
+    fn memory_and_cpu_time_are_read_from_proc() {
         let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t    9876 kB\n";
         assert_eq!(parse_kb(status, "VmRSS:"), Some(9876));
         assert_eq!(parse_kb(status, "VmHWM:"), Some(12345));
         assert_eq!(parse_kb(status, "VmSwap:"), None);
-        assert!(status_kb(std::process::id(), "VmRSS:").unwrap() > 0);
-    }
-
-    #[test]
-    fn cpu_ticks_are_read_after_the_command_name() {
-        let stat =
-            "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 36 0 0 20 0 3 0 1 2 3";
+        // The command name may hold spaces and parentheses.
+        let stat = "42 (tokio (rt) x) S 1 42 42 0 -1 4194560 1234 0 0 0 250 36 0 0 20 0 3 0 1 2";
         assert_eq!(parse_stat_ticks(stat), Some(286));
         assert_eq!(parse_stat_ticks("garbage"), None);
-        assert!(cpu_time(std::process::id()).is_ok());
+        let me = std::process::id();
+        assert!(status_kb(me, "VmRSS:").unwrap() > 0 && cpu_time(me).is_ok());
     }
 
     #[test]

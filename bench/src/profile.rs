@@ -60,63 +60,46 @@ const SOCKET_PATHS: [&str; 4] = ["tokio::net", "tokio::io", "mio::net", "mio::io
 const ALLOCATOR: &str = "malloc free realloc calloc cfree __libc_free __libc_malloc _int_malloc \
     _int_free _int_realloc malloc_consolidate unlink_chunk.constprop.0 tcache_get tcache_put";
 
-/// The profiles taken, or why none could be.
+/// The profiles taken (one per concurrency profiled), or why none could be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    /// One profile per concurrency profiled.
-    Taken {
-        /// In the order taken.
-        profiles: Vec<Profile>,
-    },
-    /// The last attempt's error.
-    NotTaken {
-        /// What went wrong.
-        reason: String,
-    },
+    Taken { profiles: Vec<Profile> },
+    NotTaken { reason: String },
 }
 
-/// One profiled window.
+/// One profiled window: its concurrency, how long perf sampled, and the
+/// CreateConsignment calls per second meanwhile (below the unprofiled
+/// figure, since perf slows the services down).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
-    /// The load's concurrency.
     pub concurrency: u32,
-    /// Seconds `perf` sampled.
     pub seconds: f64,
-    /// CreateConsignment calls per second meanwhile, below the unprofiled
-    /// figure since perf slows the services down.
     pub throughput: f64,
-    /// Each service's samples.
     pub processes: Vec<ProcessProfile>,
 }
 
-/// A share of a process's samples.
+/// A share of a process's samples, in percent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Share {
-    /// What the samples have in common.
     pub name: String,
-    /// Percent of the process's samples.
     pub percent: f64,
 }
 
-/// Where one process spent its CPU time, in percent of its samples.
+/// Where one service spent its CPU time, in percent of its samples: in the
+/// kernel; with a tracing frame anywhere in the stack (logging); inside its
+/// gRPC handler, with what that calls; by the area each sample is charged
+/// to; kernel samples by the libc call that entered the kernel; and the
+/// hottest leaf functions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessProfile {
-    /// The service.
     pub name: String,
-    /// How many samples perf took of it.
     pub samples: u64,
-    /// Samples in the kernel.
     pub kernel_percent: f64,
-    /// Samples with a logging (tracing) frame anywhere in the stack.
     pub logging_inclusive_percent: f64,
-    /// Samples inside the gRPC method's implementation, with what it calls.
     pub handler_inclusive_percent: f64,
-    /// Samples by the area charged, most first.
     pub areas: Vec<Share>,
-    /// Kernel samples by the libc call that entered the kernel.
     pub system_calls: Vec<Share>,
-    /// The hottest leaf functions.
     pub top_functions: Vec<Share>,
 }
 
@@ -134,9 +117,7 @@ pub async fn under_load(
         bail!("perf is not installed (Debian: apt-get install linux-perf)");
     }
     let data = dir.join(format!("perf-c{concurrency}.data"));
-    let data = data
-        .to_str()
-        .context("a temporary path that is not UTF-8")?;
+    let data = data.to_str().context("the temporary path is not UTF-8")?;
     let pids: Vec<String> = processes.iter().map(|(_, pid)| pid.to_string()).collect();
     let pids = pids.join(",");
     let seconds = window.as_secs_f64();
@@ -183,10 +164,8 @@ async fn perf(args: &[&str]) -> anyhow::Result<Output> {
     let output = output.context("running perf")?;
     if !output.status.success() {
         let (what, stderr) = (args.first().unwrap_or(&""), output.stderr);
-        bail!(
-            "perf {what} failed: {}",
-            String::from_utf8_lossy(&stderr).trim()
-        );
+        let stderr = String::from_utf8_lossy(&stderr);
+        bail!("perf {what} failed: {}", stderr.trim());
     }
     Ok(output)
 }
@@ -226,7 +205,7 @@ fn parse_script(text: &str) -> Vec<Sample> {
             let pid = line.trim().parse().ok();
             current = pid.map(|pid| Sample {
                 pid,
-                frames: Vec::new(),
+                frames: vec![],
             });
         } else if let Some(sample) = current.as_mut() {
             let rest = line.trim().split_once(' ').map_or("", |(_, rest)| rest);
@@ -261,11 +240,9 @@ fn area_of(name: &str, symbol: &str) -> String {
 /// The area a sample is charged to.
 fn charge(sample: &Sample) -> String {
     let leaf_user = sample.frames.iter().find(|frame| !frame.in_kernel());
-    let allocator = |s: &str| {
-        ALLOCATOR.split(' ').any(|name| name == s)
-            || s.starts_with("_int_free")
-            || s.starts_with("_int_malloc")
-    };
+    let listed = |s: &str| ALLOCATOR.split(' ').any(|name| name == s);
+    let allocator =
+        |s: &str| listed(s) || s.starts_with("_int_free") || s.starts_with("_int_malloc");
     if leaf_user.is_some_and(|frame| frame.in_libc() && allocator(&frame.symbol)) {
         return ALLOCATION.to_owned();
     }
@@ -275,10 +252,8 @@ fn charge(sample: &Sample) -> String {
         .filter(|f| !f.in_kernel() && !f.in_libc());
     let mut crates = own.filter_map(|f| Some((crate_of(&f.symbol)?, &f.symbol)));
     let first = crates.find(|(name, _)| !GLUE.split(' ').any(|glue| glue == *name));
-    first.map_or_else(
-        || UNRESOLVED.to_owned(),
-        |(name, symbol)| area_of(name, symbol),
-    )
+    let area = first.map(|(name, symbol)| area_of(name, symbol));
+    area.unwrap_or_else(|| UNRESOLVED.to_owned())
 }
 
 /// The libc function that entered the kernel, for a kernel sample.
@@ -306,11 +281,8 @@ fn summarise(name: &str, samples: &[&Sample]) -> ProcessProfile {
     let [mut areas, mut calls, mut leaves] = [(); 3].map(|()| BTreeMap::<String, u64>::new());
     let (mut kernel, mut logging, mut handler) = (0, 0, 0);
     let logs = |f: &Frame| crate_of(&f.symbol).is_some_and(|c| area_of(c, &f.symbol) == LOGGING);
-    let handles = |f: &Frame| {
-        ["create_consignment", "find_available"]
-            .iter()
-            .any(|h| f.symbol.contains(h))
-    };
+    let handlers = ["create_consignment", "find_available"];
+    let handles = |f: &Frame| handlers.iter().any(|h| f.symbol.contains(h));
     for sample in samples {
         *areas.entry(charge(sample)).or_insert(0) += 1;
         if let Some(call) = system_call(sample) {
@@ -319,9 +291,8 @@ fn summarise(name: &str, samples: &[&Sample]) -> ProcessProfile {
         }
         if let Some(leaf) = sample.frames.first() {
             let kernel = if leaf.in_kernel() { "[kernel] " } else { "" };
-            *leaves
-                .entry(format!("{kernel}{}", leaf.symbol))
-                .or_insert(0) += 1;
+            let leaf = format!("{kernel}{}", leaf.symbol);
+            *leaves.entry(leaf).or_insert(0) += 1;
         }
         logging += u64::from(sample.frames.iter().any(logs));
         handler += u64::from(sample.frames.iter().any(handles));
@@ -329,11 +300,12 @@ fn summarise(name: &str, samples: &[&Sample]) -> ProcessProfile {
     let ranked = |counts: BTreeMap<String, u64>, limit: usize| {
         let mut rows: Vec<_> = counts.into_iter().collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let share = |(name, count)| Share {
+        let rows = rows.into_iter().take(limit);
+        rows.map(|(name, count)| Share {
             name,
             percent: percent(count),
-        };
-        rows.into_iter().take(limit).map(share).collect()
+        })
+        .collect()
     };
     ProcessProfile {
         name: name.to_owned(),
@@ -378,27 +350,35 @@ mod tests {
 ";
 
     #[test]
-    fn perf_script_output_parses_into_stacks() {
+    fn samples_are_parsed_and_charged_to_the_first_library_frame() {
         let samples = parse_script(SCRIPT);
         assert_eq!(samples.len(), 5);
         assert_eq!((samples[0].pid, samples[1].frames.len()), (101, 5));
         let frame = &samples[1].frames[1];
         assert_eq!(frame.symbol, "__GI___libc_write");
         assert_eq!(frame.dso, "/usr/lib/x86_64-linux-gnu/libc.so.6");
-    }
-
-    #[test]
-    fn samples_are_charged_to_the_first_library_frame() {
-        let samples = parse_script(SCRIPT);
         let charged: Vec<_> = samples.iter().map(charge).collect();
         assert_eq!(charged, [LOGGING, LOGGING, ALLOCATION, SCHEDULER, SOCKET]);
-        assert_eq!(system_call(&samples[1]).as_deref(), Some("write"));
-        assert_eq!(system_call(&samples[3]).as_deref(), Some("epoll_wait"));
-        assert_eq!(system_call(&samples[0]), None);
+        let calls: Vec<_> = samples.iter().map(system_call).collect();
+        let calls = calls.iter().map(Option::as_deref).collect::<Vec<_>>();
+        assert_eq!(
+            calls,
+            [
+                None,
+                Some("write"),
+                None,
+                Some("epoll_wait"),
+                Some("none: interrupt, page fault or preemption")
+            ]
+        );
     }
 
     #[test]
-    fn the_shippy_crates_are_one_area() {
+    fn crates_are_read_from_symbols_and_grouped_into_areas() {
+        assert_eq!(crate_of("<h2::proto::Foo as core::Bar>::poll"), Some("h2"));
+        assert_eq!(crate_of("tokio::runtime::park"), Some("tokio"));
+        assert_eq!(crate_of("<&T as core::fmt::Display>::fmt"), None);
+        assert_eq!(crate_of("malloc"), None);
         for name in [
             "shippy_registry",
             "shippy_server",
@@ -417,18 +397,10 @@ mod tests {
         let own: Vec<&Sample> = samples.iter().filter(|s| s.pid == 101).collect();
         let summary = summarise("consignment-service", &own);
         assert_eq!(summary.samples, 2);
-        assert_eq!(summary.kernel_percent, 50.0);
-        assert_eq!(summary.logging_inclusive_percent, 100.0);
+        let percents = [summary.kernel_percent, summary.logging_inclusive_percent];
+        assert_eq!(percents, [50.0, 100.0]);
         assert_eq!(summary.handler_inclusive_percent, 50.0);
         let top = &summary.areas[0];
         assert_eq!((top.name.as_str(), top.percent), (LOGGING, 100.0));
-    }
-
-    #[test]
-    fn crates_are_read_from_symbols() {
-        assert_eq!(crate_of("<h2::proto::Foo as core::Bar>::poll"), Some("h2"));
-        assert_eq!(crate_of("tokio::runtime::park"), Some("tokio"));
-        assert_eq!(crate_of("<&T as core::fmt::Display>::fmt"), None);
-        assert_eq!(crate_of("malloc"), None);
     }
 }

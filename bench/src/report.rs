@@ -1,29 +1,26 @@
 //! The results of a run and the targets they are held to: the [`Report`],
-//! which is BENCHMARKS.json (everything, for tools), and BENCHMARKS.md,
-//! rendered from the report alone so that the committed JSON renders the
-//! committed Markdown (a test holds them to that).
-//!
-//! Ratios to the floor are taken within each round, where the echo server
-//! and the services were measured minutes apart at most, and the report
-//! gives their median over the rounds along with the spread.
+//! which is BENCHMARKS.json, and BENCHMARKS.md, rendered from the report
+//! alone so that the committed JSON renders the committed Markdown (a test
+//! holds them to that). Ratios to the floor are taken within each round,
+//! where the floor and the services were measured minutes apart at most,
+//! and reported as their median over the rounds with the spread.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::{Summary, TargetKind, format_us as us};
+use crate::load::TargetKind::{self, Create, Echo, Find, Relay};
+use crate::load::{Summary, format_us as us};
 use crate::processes::{Machine, ServiceKind};
-use crate::profile::{self, Outcome, ProcessProfile, Profile, Share};
+use crate::profile::{self, Outcome, Profile, Share};
 
 /// e2e p50 may be at most this many times the echo p50.
 const LATENCY_RATIO_MAX: f64 = 2.5;
 /// e2e throughput at the high concurrency must be at least this share of echo's.
 const THROUGHPUT_RATIO_MIN: f64 = 0.35;
-/// Median registration latency limit, per service.
-const REGISTRATION_MAX_MS: f64 = 300.0;
-/// Median deregistration latency limit, per service.
-const DEREGISTRATION_MAX_MS: f64 = 100.0;
+/// Median registration and deregistration latency limits, per service.
+const REGISTRATION_MAX_MS: [f64; 2] = [300.0, 100.0];
 /// Idle resident memory limit per service: 20 MB (decimal), in kB (KiB).
 const IDLE_RSS_MAX_KB: u64 = 20_000_000 / 1024;
 /// Every process that works for a request, whose CPU time per call is
@@ -36,47 +33,29 @@ pub const WORKERS: [&str; 5] = [
     "vessel-service",
 ];
 /// The calls, in the order each round runs them (reversed every other round).
-pub const TARGETS: [TargetKind; 4] = [
-    TargetKind::Echo,
-    TargetKind::Relay,
-    TargetKind::Create,
-    TargetKind::Find,
-];
+pub const TARGETS: [TargetKind; 4] = [Echo, Relay, Create, Find];
 
 /// How the run was set up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Settings {
-    /// Rounds of windows.
     pub rounds: u32,
-    /// Each window's length, unless a smoke run.
     pub window_secs: f64,
-    /// Uncounted load before each window.
     pub warmup_secs: f64,
-    /// The concurrencies measured: 1 and the high one.
+    /// 1 and the high concurrency.
     pub concurrency: [u32; 2],
     /// Start-and-stop samples per service.
     pub registration_samples: u32,
     /// A smoke run counts `smoke_requests` per window instead of timing it.
     pub smoke: bool,
-    /// Requests per window in a smoke run.
     pub smoke_requests: Option<u64>,
     /// The size of the encoded sample consignment.
     pub echo_payload_bytes: usize,
-    /// Where consignment-service keeps consignments.
     pub consignment_store: String,
-    /// How much the services log.
     pub service_log_level: String,
     /// Where the service binaries came from, e.g. `target/release`.
     pub binaries: String,
     /// `--service-env`; empty for the default configuration.
     pub service_env: Vec<String>,
-}
-
-impl Settings {
-    /// The high concurrency.
-    pub fn high(&self) -> u32 {
-        self.concurrency[1]
-    }
 }
 
 /// One measurement window.
@@ -96,29 +75,24 @@ pub struct Window {
     pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
-/// Registration and deregistration latency samples of one service.
+/// Registration (process spawned → key in etcd) and deregistration (SIGTERM
+/// → key gone) latency samples of one service, ms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registration {
-    /// The service.
     pub service: ServiceKind,
-    /// Process spawned → key visible in etcd, ms.
     pub registration_ms: Vec<f64>,
-    /// SIGTERM → key gone from etcd, ms.
     pub deregistration_ms: Vec<f64>,
 }
 
-/// Resident memory of one service, kB.
+/// Resident memory of one service, kB: idle (registered, connected, before
+/// any load), the highest sample during any window, after the last window,
+/// and the kernel's high-water mark (VmHWM) then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Memory {
-    /// The service.
     pub service: ServiceKind,
-    /// Registered, connected, before any load.
     pub idle_kb: u64,
-    /// The highest sample during any window.
     pub under_load_peak_kb: u64,
-    /// After the last window.
     pub after_load_kb: u64,
-    /// The kernel's high-water mark (VmHWM) after the last window.
     pub high_water_kb: u64,
     /// consignment-service only: consignments it held by the end, since the
     /// in-memory store grows with every CreateConsignment.
@@ -132,7 +106,6 @@ pub struct Memory {
 pub struct Aggregate {
     pub target: TargetKind,
     pub concurrency: u32,
-    /// Successful calls per second.
     pub throughput: f64,
     pub p50_us: f64,
     pub p90_us: f64,
@@ -143,13 +116,12 @@ pub struct Aggregate {
     pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
-/// A ratio taken per round, and its median.
+/// A ratio taken per round (`per_round`, in order), and its median.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub median: f64,
     pub min: f64,
     pub max: f64,
-    /// Each round's value, in order.
     pub per_round: Vec<f64>,
 }
 
@@ -169,12 +141,11 @@ pub struct Ratios {
     pub find_throughput_at_high: Option<Ratio>,
 }
 
-/// etcd calls during the load windows.
+/// etcd's Range calls (reads of the key space) and all its unary calls by
+/// method, during the load windows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EtcdDuringLoad {
-    /// `Range` calls: reads of the key space.
     pub range_reads: u64,
-    /// Every unary call etcd handled during any window, by method.
     pub calls: BTreeMap<String, u64>,
 }
 
@@ -187,28 +158,21 @@ pub struct Check {
     pub held: bool,
 }
 
-/// Everything a run measured.
+/// Everything a run measured; `aggregates`, `ratios`, `etcd_during_load`
+/// and `checks` are derived from the rest by [`Report::evaluate`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
-    /// What it ran on.
     pub machine: Machine,
-    /// How it was set up.
     pub settings: Settings,
     /// The 1-minute load average at the start and at the end.
     pub load_average: [Option<f64>; 2],
-    /// Each call at each concurrency, over the rounds.
     pub aggregates: Vec<Aggregate>,
-    /// Ratios to the floors.
     pub ratios: Ratios,
-    /// etcd's calls during the windows.
     pub etcd_during_load: EtcdDuringLoad,
-    /// Per service.
     pub registration: Vec<Registration>,
-    /// Per service.
     pub memory: Vec<Memory>,
     /// The echo server's idle resident memory, kB, for comparison.
     pub echo_idle_rss_kb: u64,
-    /// The targets.
     pub checks: Vec<Check>,
     /// Where the services spend their time, when profiled.
     pub profile: Option<Outcome>,
@@ -225,7 +189,10 @@ impl Report {
                 .iter()
                 .any(|c| !c.held && c.name.starts_with(prefix))
         };
-        let targets = [("e2e latency", 1), ("e2e throughput", self.settings.high())];
+        let targets = [
+            ("e2e latency", 1),
+            ("e2e throughput", self.settings.concurrency[1]),
+        ];
         let missed = targets.into_iter().filter(|(prefix, _)| missed(*prefix));
         missed.map(|(_, concurrency)| concurrency).collect()
     }
@@ -233,38 +200,31 @@ impl Report {
     /// (Re)computes everything derived from the measurements: the medians,
     /// the ratios, etcd's calls during the load and the targets.
     pub fn evaluate(&mut self) {
-        self.aggregates = aggregates(&self.settings, &self.windows);
-        self.ratios = ratios(&self.settings, &self.windows);
+        let (settings, windows) = (&self.settings, &self.windows);
+        self.aggregates = aggregates(settings, windows);
+        self.ratios = ratios(settings, windows);
         let mut calls = BTreeMap::new();
-        for (method, count) in self.windows.iter().flat_map(|w| &w.etcd_calls) {
+        for (method, count) in windows.iter().flat_map(|w| &w.etcd_calls) {
             *calls.entry(method.clone()).or_insert(0) += count;
         }
-        let reads = calls.get("Range").copied().unwrap_or(0);
-        self.etcd_during_load = EtcdDuringLoad {
-            range_reads: reads,
-            calls,
-        };
+        let range_reads = calls.get("Range").copied().unwrap_or(0);
+        self.etcd_during_load = EtcdDuringLoad { range_reads, calls };
+        let errors: u64 = windows.iter().map(|w| w.summary.errors).sum();
         let ratio = |ratio: &Option<Ratio>, held: &dyn Fn(f64) -> bool| match ratio {
-            Some(r) => {
-                let measured = format!("{:.2}× (rounds {:.2}–{:.2})", r.median, r.min, r.max);
-                (measured, held(r.median))
-            }
+            Some(r) => (r.describe(), held(r.median)),
             None => ("not measured".to_owned(), false),
         };
-        let errors: u64 = self.windows.iter().map(|w| w.summary.errors).sum();
-        let high = self.settings.high();
+        let (latency, throughput) = (&self.ratios.p50_at_1, &self.ratios.throughput_at_high);
         let mut checks = vec![
             (
                 "e2e latency, p50 at concurrency 1".to_owned(),
                 format!("≤ {LATENCY_RATIO_MAX} × echo p50"),
-                ratio(&self.ratios.p50_at_1, &|r| r <= LATENCY_RATIO_MAX),
+                ratio(latency, &|r| r <= LATENCY_RATIO_MAX),
             ),
             (
-                format!("e2e throughput at concurrency {high}"),
+                format!("e2e throughput at concurrency {}", settings.concurrency[1]),
                 format!("≥ {THROUGHPUT_RATIO_MIN} × echo throughput"),
-                ratio(&self.ratios.throughput_at_high, &|r| {
-                    r >= THROUGHPUT_RATIO_MIN
-                }),
+                ratio(throughput, &|r| r >= THROUGHPUT_RATIO_MIN),
             ),
             (
                 "errors under load".into(),
@@ -274,57 +234,47 @@ impl Report {
             (
                 "etcd reads during the load".into(),
                 "0 Range calls".into(),
-                (format!("{reads} Range calls"), reads == 0),
+                (format!("{range_reads} Range calls"), range_reads == 0),
             ),
         ];
         for times in &self.registration {
-            let name = times.service.binary();
-            let (registration, deregistration) = (&times.registration_ms, &times.deregistration_ms);
-            for (what, ms, limit) in [
-                ("registration", registration, REGISTRATION_MAX_MS),
-                ("deregistration", deregistration, DEREGISTRATION_MAX_MS),
-            ] {
+            let samples = [&times.registration_ms, &times.deregistration_ms];
+            let what = ["registration", "deregistration"].into_iter().zip(samples);
+            for ((what, ms), limit) in what.zip(REGISTRATION_MAX_MS) {
+                let name = format!("{} {what} (median)", times.service.binary());
                 let held = median(ms).is_some_and(|median| median <= limit);
-                let (name, goal) = (
-                    format!("{name} {what} (median)"),
-                    format!("≤ {limit:.0} ms"),
-                );
-                checks.push((name, goal, (spread_ms(ms), held)));
+                checks.push((name, format!("≤ {limit:.0} ms"), (spread_ms(ms), held)));
             }
         }
         for memory in &self.memory {
             let (name, kb) = (memory.service.binary(), memory.idle_kb);
-            let measured = format!("{kb} kB ({:.1} MiB)", mib(kb));
+            let measured = format!("{kb} kB ({:.1} MiB)", kb as f64 / 1024.0);
             let goal = format!("≤ 20 MB ({IDLE_RSS_MAX_KB} kB) RSS");
-            checks.push((
-                format!("{name} idle memory"),
-                goal,
-                (measured, kb <= IDLE_RSS_MAX_KB),
-            ));
+            let name = format!("{name} idle memory");
+            checks.push((name, goal, (measured, kb <= IDLE_RSS_MAX_KB)));
         }
-        let check = |(name, goal, (measured, held))| Check {
-            name,
-            goal,
-            measured,
-            held,
-        };
-        self.checks = checks.into_iter().map(check).collect();
+        let checks = checks
+            .into_iter()
+            .map(|(name, goal, (measured, held))| Check {
+                name,
+                goal,
+                measured,
+                held,
+            });
+        self.checks = checks.collect();
     }
 
-    /// The headline: the two ratios and how many targets held.
+    /// How many targets held, and the ones that did not.
     pub fn headline(&self) -> String {
-        let ratio = |r: &Option<Ratio>| {
-            r.as_ref()
-                .map_or("n/a".into(), |r| format!("{:.2}×", r.median))
-        };
-        let held = self.checks.iter().filter(|c| c.held).count();
+        let missed = self.checks.iter().filter(|c| !c.held);
+        let missed: Vec<_> = missed
+            .map(|c| format!("\n  missed: {}, {}", c.name, c.measured))
+            .collect();
+        let all = self.checks.len();
         format!(
-            "e2e p50 / echo p50 (c=1): {}; e2e / echo throughput (c={}): {}; {held} of {} targets \
-             held",
-            ratio(&self.ratios.p50_at_1),
-            self.settings.high(),
-            ratio(&self.ratios.throughput_at_high),
-            self.checks.len()
+            "{} of {all} targets held{}",
+            all - missed.len(),
+            missed.concat()
         )
     }
 
@@ -337,39 +287,63 @@ impl Report {
     }
 }
 
+impl Window {
+    fn is(&self, target: TargetKind, concurrency: u32) -> bool {
+        self.summary.target == target && self.summary.concurrency == concurrency
+    }
+}
+
+impl Ratio {
+    /// `3.60× (rounds 3.26–3.99)`.
+    fn describe(&self) -> String {
+        format!(
+            "{:.2}× (rounds {:.2}–{:.2})",
+            self.median, self.min, self.max
+        )
+    }
+
+    /// `**3.60×** (rounds: 3.63, 3.26, 3.99, 3.57)`, or `n/a`.
+    fn listed(ratio: &Option<Self>) -> String {
+        let Some(r) = ratio else {
+            return "n/a".to_owned();
+        };
+        let rounds: Vec<String> = r.per_round.iter().map(|v| format!("{v:.2}")).collect();
+        format!("**{:.2}×** (rounds: {})", r.median, rounds.join(", "))
+    }
+}
+
 fn aggregates(settings: &Settings, windows: &[Window]) -> Vec<Aggregate> {
     let calls = settings
         .concurrency
         .into_iter()
         .flat_map(|c| TARGETS.map(|t| (t, c)));
     let aggregate = |(target, concurrency)| {
-        let runs = windows.iter().map(|w| (&w.summary, &w.cpu_us_per_request));
-        let runs: Vec<_> = runs
-            .filter(|(s, _)| s.target == target && s.concurrency == concurrency)
+        let runs: Vec<&Window> = windows
+            .iter()
+            .filter(|w| w.is(target, concurrency))
             .collect();
-        let med = |f: fn(&Summary) -> f64| {
-            median(&runs.iter().map(|(s, _)| f(s)).collect::<Vec<_>>()).unwrap_or(0.0)
+        let median_of = |f: fn(&Summary) -> f64| {
+            let values: Vec<f64> = runs.iter().map(|w| f(&w.summary)).collect();
+            median(&values).unwrap_or(0.0)
         };
         let mut cpu: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for (process, us) in runs.iter().flat_map(|(_, cpu)| *cpu) {
+        for (process, us) in runs.iter().flat_map(|w| &w.cpu_us_per_request) {
             cpu.entry(process.clone()).or_default().push(*us);
         }
         let cpu = cpu
             .into_iter()
             .map(|(p, us)| (p, median(&us).unwrap_or(0.0)));
+        let summaries = || runs.iter().map(|w| &w.summary);
         (!runs.is_empty()).then(|| Aggregate {
             target,
             concurrency,
-            throughput: med(|s| s.throughput),
-            p50_us: med(|s| s.latency.p50_us),
-            p90_us: med(|s| s.latency.p90_us),
-            p99_us: med(|s| s.latency.p99_us),
-            max_us: runs
-                .iter()
-                .map(|(s, _)| s.latency.max_us)
-                .fold(0.0, f64::max),
-            requests: runs.iter().map(|(s, _)| s.requests).sum(),
-            errors: runs.iter().map(|(s, _)| s.errors).sum(),
+            throughput: median_of(|s| s.throughput),
+            p50_us: median_of(|s| s.latency.p50_us),
+            p90_us: median_of(|s| s.latency.p90_us),
+            p99_us: median_of(|s| s.latency.p99_us),
+            max_us: summaries().map(|s| s.latency.max_us).fold(0.0, f64::max),
+            requests: summaries().map(|s| s.requests).sum(),
+            errors: summaries().map(|s| s.errors).sum(),
             cpu_us_per_request: cpu.collect(),
         })
     };
@@ -377,18 +351,20 @@ fn aggregates(settings: &Settings, windows: &[Window]) -> Vec<Aggregate> {
 }
 
 fn ratios(settings: &Settings, windows: &[Window]) -> Ratios {
-    use TargetKind::{Create, Echo, Find, Relay};
-    // `f(target) / f(base)` per round at `concurrency`.
+    fn p50(summary: &Summary) -> f64 {
+        summary.latency.p50_us
+    }
+    fn throughput(summary: &Summary) -> f64 {
+        summary.throughput
+    }
+    // `f(target) / f(base)` in each round at `concurrency`.
     let ratio = |target, base, concurrency, f: fn(&Summary) -> f64| {
         let per_round = (1..=settings.rounds).filter_map(|round| {
             let find = |kind| {
-                let mut summaries = windows
+                let window = windows
                     .iter()
-                    .filter(|w| w.round == round)
-                    .map(|w| &w.summary);
-                summaries
-                    .find(|s| s.target == kind && s.concurrency == concurrency)
-                    .map(f)
+                    .find(|w| w.round == round && w.is(kind, concurrency));
+                window.map(|w| f(&w.summary))
             };
             let (value, floor) = (find(target)?, find(base)?);
             (floor > 0.0).then(|| value / floor)
@@ -404,13 +380,7 @@ fn ratios(settings: &Settings, windows: &[Window]) -> Ratios {
             per_round,
         })
     };
-    fn p50(summary: &Summary) -> f64 {
-        summary.latency.p50_us
-    }
-    fn throughput(summary: &Summary) -> f64 {
-        summary.throughput
-    }
-    let high = settings.high();
+    let high = settings.concurrency[1];
     Ratios {
         p50_at_1: ratio(Create, Echo, 1, p50),
         p50_at_high: ratio(Create, Echo, high, p50),
@@ -438,8 +408,7 @@ fn median(values: &[f64]) -> Option<f64> {
 
 /// `median ms (min, max, n)` of samples.
 pub fn spread_ms(samples: &[f64]) -> String {
-    let min = samples.iter().copied().reduce(f64::min);
-    let max = samples.iter().copied().reduce(f64::max);
+    let [min, max] = [f64::min, f64::max].map(|f| samples.iter().copied().reduce(f));
     match (median(samples), min, max) {
         (Some(median), Some(min), Some(max)) => {
             let n = samples.len();
@@ -449,10 +418,6 @@ pub fn spread_ms(samples: &[f64]) -> String {
     }
 }
 
-fn mib(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
 /// The cells of a table row, each formatted with `Display`.
 macro_rules! row {
     ($($cell:expr),* $(,)?) => { vec![$($cell.to_string()),*] };
@@ -460,52 +425,46 @@ macro_rules! row {
 
 /// A Markdown table. `headers` are separated by ` | `; one starting with
 /// `>` is a right-aligned column.
-fn table(
-    md: &mut String,
-    headers: &str,
-    rows: impl IntoIterator<Item = Vec<String>>,
-) -> fmt::Result {
+fn table(headers: &str, rows: impl IntoIterator<Item = Vec<String>>) -> String {
     let headers: Vec<&str> = headers.split(" | ").collect();
     let names = headers.iter().map(|h| h.trim_start_matches('>').to_owned());
     let rule = headers
         .iter()
         .map(|h| if h.starts_with('>') { "---:" } else { "---" });
     let head = [names.collect(), rule.map(str::to_owned).collect()];
-    for cells in head.into_iter().chain(rows) {
-        md.push('|');
-        for cell in cells {
-            let gap = if cell.is_empty() { "" } else { " " };
-            write!(md, " {cell}{gap}|")?;
-        }
-        md.push('\n');
-    }
-    Ok(())
+    let line = |cells: Vec<String>| {
+        let cells = cells.iter().map(|c| {
+            if c.is_empty() {
+                " |".into()
+            } else {
+                format!(" {c} |")
+            }
+        });
+        format!("|{}\n", cells.collect::<String>())
+    };
+    head.into_iter().chain(rows).map(line).collect()
 }
 
 fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
     let (settings, machine, r) = (&report.settings, &report.machine, &report.ratios);
-    let high = settings.high();
+    let high = settings.concurrency[1];
+    let smoke = match settings.smoke {
+        true => {
+            "\n**This is a smoke run** (a few hundred requests per measurement, to check that \
+                 the benchmark works); its numbers mean nothing.\n"
+        }
+        false => "",
+    };
+    let held = |held| if held { "**yes**" } else { "**no**" };
+    let checks = report.checks.iter();
+    let checks = checks.map(|c| row![c.name, c.goal, c.measured, held(c.held)]);
+    let checks = table("Measurement | Target | Measured | Held", checks);
     writeln!(
         md,
         "# Benchmarks\n\nWritten by `make bench` on {}; run it again to regenerate this file and \
          [BENCHMARKS.json](BENCHMARKS.json), which holds every number below and each window's full \
-         summary.",
-        machine.date
-    )?;
-    if settings.smoke {
-        md.push_str(
-            "\n**This is a smoke run** (a few hundred requests per measurement, to check that the \
-             benchmark works); its numbers mean nothing.\n",
-        );
-    }
-    md.push_str("\n## Targets\n\n");
-    let held = |held| if held { "**yes**" } else { "**no**" };
-    let checks = report.checks.iter();
-    let checks = checks.map(|c| row![c.name, c.goal, c.measured, held(c.held)]);
-    table(md, "Measurement | Target | Measured | Held", checks)?;
-    writeln!(
-        md,
-        "\nRatios to the floor (median of the per-round ratios):\n\n\
+         summary.\n{smoke}\n## Targets\n\n{checks}\n\
+         Ratios to the floor (median of the per-round ratios):\n\n\
          - e2e p50 / echo p50 at concurrency 1: {}\n\
          - e2e p50 / echo p50 at concurrency {high}: {}\n\
          - e2e throughput / echo throughput at concurrency {high}: {}\n\
@@ -515,63 +474,82 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
          1, throughput {} of echo's at concurrency {high}\n\
          - e2e against the relay, i.e. what shippy adds to two hops: p50 {} at concurrency 1, \
          throughput {} at concurrency {high}\n",
-        ratio(&r.p50_at_1),
-        ratio(&r.p50_at_high),
-        ratio(&r.throughput_at_high),
-        ratio(&r.find_p50_at_1),
-        ratio(&r.find_throughput_at_high),
-        ratio(&r.relay_p50_at_1),
-        ratio(&r.relay_throughput_at_high),
-        ratio(&r.p50_over_relay_at_1),
-        ratio(&r.throughput_over_relay_at_high),
+        machine.date,
+        Ratio::listed(&r.p50_at_1),
+        Ratio::listed(&r.p50_at_high),
+        Ratio::listed(&r.throughput_at_high),
+        Ratio::listed(&r.find_p50_at_1),
+        Ratio::listed(&r.find_throughput_at_high),
+        Ratio::listed(&r.relay_p50_at_1),
+        Ratio::listed(&r.relay_throughput_at_high),
+        Ratio::listed(&r.p50_over_relay_at_1),
+        Ratio::listed(&r.throughput_over_relay_at_high),
     )?;
 
-    let [start, end] = report
-        .load_average
-        .map(|v| v.map_or("unknown".into(), |v| format!("{v:.2}")));
-    writeln!(
-        md,
-        "## Machine\n\n- {} cores ({}), {:.1} GiB memory, {}\n- {}\n- {}\n\
-         - 1-minute load average {start} at the start, {end} at the end. The machine is shared \
-         (other builds may run beside the benchmark), which is why the floor is measured in every \
-         round beside the services and only ratios within a round are compared.\n",
+    let load = report.load_average.map(|v| v.map(|v| format!("{v:.2}")));
+    let [start, end] = load.map(|v| v.unwrap_or_else(|| "unknown".into()));
+    let (cores, cpu, memory) = (
         machine.cores,
-        machine.cpu,
+        &machine.cpu,
         machine.memory_mib as f64 / 1024.0,
-        machine.kernel,
-        machine.rustc,
-        machine.etcd,
-    )?;
-
+    );
+    let (kernel, rustc, etcd) = (&machine.kernel, &machine.rustc, &machine.etcd);
+    let (binaries, log_level) = (&settings.binaries, &settings.service_log_level);
+    let store = &settings.consignment_store;
+    let env = settings.service_env.join(" ");
+    let env = match env.is_empty() {
+        true => String::new(),
+        false => {
+            format!("\n**Not the default configuration:** both services also ran with `{env}`.\n")
+        }
+    };
     writeln!(
         md,
-        "## What was run\n\nEverything runs on this one machine, on loopback, as separate \
+        "## Machine\n\n- {cores} cores ({cpu}), {memory:.1} GiB memory, {kernel}\n- {rustc}\n- \
+         {etcd}\n- 1-minute load average {start} at the start, {end} at the end. The machine is \
+         shared (other builds may run beside the benchmark), which is why the floor is measured \
+         in every round beside the services and only ratios within a round are compared.\n\n\
+         ## What was run\n\nEverything runs on this one machine, on loopback, as separate \
          processes: a single-member etcd (temporary data dir, free ports), the `vessel-service` \
-         and `consignment-service` binaries from `{}`, the echo floor (`shippy-bench \
+         and `consignment-service` binaries from `{binaries}`, the echo floor (`shippy-bench \
          echo-server`), and the load generator (`shippy-bench`). The services find each other \
-         through etcd as in production; their log level is {}. consignment-service stores \
-         consignments {}, so the benchmark measures the RPC and discovery path, not a database.",
-        settings.binaries, settings.service_log_level, settings.consignment_store
+         through etcd as in production; their log level is {log_level}. consignment-service \
+         stores consignments {store}, so the benchmark measures the RPC and discovery path, not a \
+         database.\n{env}"
     )?;
-    if !settings.service_env.is_empty() {
-        let env = settings.service_env.join(" ");
-        writeln!(
-            md,
-            "\n**Not the default configuration:** both services also ran with `{env}`."
-        )?;
-    }
+    let (window, warmup) = (settings.window_secs, settings.warmup_secs);
     let amount = match settings.smoke_requests {
         Some(count) => format!("{count} requests"),
-        None => format!(
-            "{:.0} s, after {:.0} s of uncounted warm-up",
-            settings.window_secs, settings.warmup_secs
-        ),
+        None => format!("{window:.0} s, after {warmup:.0} s of uncounted warm-up"),
     };
     let plural = |count: u32, noun| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
+    let rounds = plural(settings.rounds, "round");
+    let registrations = plural(settings.registration_samples, "time");
+    let payload = settings.echo_payload_bytes;
+    let aggregates = report.aggregates.iter().map(|a| {
+        let latency = [a.p50_us, a.p90_us, a.p99_us, a.max_us].map(us);
+        let (call, throughput) = (a.target.label(), format!("{:.0}", a.throughput));
+        let mut cells = row![call, a.concurrency, throughput];
+        cells.extend(latency.into_iter().chain(row![a.requests, a.errors]));
+        cells
+    });
+    let head = "Call | >Concurrency | >Throughput (req/s) | >p50 | >p90 | >p99 | >max | >Requests";
+    let aggregates = table(&format!("{head} | >Errors"), aggregates);
+    let cpu = report.aggregates.iter().map(|a| {
+        let cpu = WORKERS.map(|w| a.cpu_us_per_request.get(w).copied().unwrap_or(0.0));
+        let total = cpu.iter().sum::<f64>();
+        let mut cells = row![a.target.label(), a.concurrency];
+        cells.extend(cpu.iter().chain([&total]).map(|us| format!("{us:.0}")));
+        cells
+    });
+    let cpu = table(
+        &format!("Call | >Concurrency | >{} | >total", WORKERS.join(" | >")),
+        cpu,
+    );
     writeln!(
         md,
-        "\n- **Floor (echo):** a raw tonic unary echo server with no layers, one hop, payload of \
-         {} bytes, the size of the encoded sample `consignment.json`.\n\
+        "- **Floor (echo):** a raw tonic unary echo server with no layers, one hop, payload of \
+         {payload} bytes, the size of the encoded sample `consignment.json`.\n\
          - **End to end (e2e):** CreateConsignment of the sample to consignment-service, which \
          asks vessel-service (found through etcd) FindAvailable and stores the result: two hops.\n\
          - **FindAvailable** alone, straight to vessel-service: one service hop.\n\
@@ -581,62 +559,32 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
          - The load generator runs N callers (concurrency 1 and {high}) on one HTTP/2 connection \
          per target, each with one call in flight (closed loop) and a 10 s deadline. Each window \
          lasts {amount}. Latency is per successful call, in an HDR histogram.\n\
-         - {}; in each, echo, relay, e2e and FindAvailable at concurrency 1, then at {high}, in \
-         reverse order every other round. Ratios are taken within a round, then the median over \
-         rounds.\n\
+         - {rounds}; in each, echo, relay, e2e and FindAvailable at concurrency 1, then at \
+         {high}, in reverse order every other round. Ratios are taken within a round, then the \
+         median over rounds.\n\
          - etcd's `grpc_server_handled_total` counters, from its `/metrics`, are read before and \
          after every window; nothing else talks to etcd meanwhile.\n\
-         - Registration: {} per service, the process is spawned and the time until an etcd watch \
-         opened beforehand delivers its key is taken; then SIGTERM, and the time until the watch \
-         delivers the key's deletion. consignment-service's starts happen with vessel-service \
-         registered, so they include its first discovery read. The two instances that carried \
-         the load add one deregistration sample each at the end.\n\
+         - Registration: {registrations} per service, the process is spawned and the time until \
+         an etcd watch opened beforehand delivers its key is taken; then SIGTERM, and the time \
+         until the watch delivers the key's deletion. consignment-service's starts happen with \
+         vessel-service registered, so they include its first discovery read. The two instances \
+         that carried the load add one deregistration sample each at the end.\n\
          - Memory: VmRSS from `/proc/<pid>/status`, idle (registered, a second after the last \
-         start, before any load) and sampled every 100 ms during every window.\n",
-        settings.echo_payload_bytes,
-        plural(settings.rounds, "round"),
-        plural(settings.registration_samples, "time"),
-    )?;
-
-    md.push_str(
-        "## Latency and throughput\n\nMedian over the rounds of each window's figure; max is the \
-         slowest call in any round.\n\n",
-    );
-    let aggregates = report.aggregates.iter().map(|a| {
-        let latency = [a.p50_us, a.p90_us, a.p99_us, a.max_us];
-        let mut cells = speed(row![a.target.label(), a.concurrency], a.throughput, latency);
-        cells.extend(row![a.requests, a.errors]);
-        cells
-    });
-    table(
-        md,
-        "Call | >Concurrency | >Throughput (req/s) | >p50 | >p90 | >p99 | >max | >Requests | >Errors",
-        aggregates,
-    )?;
-
-    md.push_str(
-        "\n## CPU time per request\n\nCPU time (user + system, from `/proc/<pid>/stat`) each \
+         start, before any load) and sampled every 100 ms during every window.\n\n\
+         ## Latency and throughput\n\nMedian over the rounds of each window's figure; max is the \
+         slowest call in any round.\n\n{aggregates}\n\
+         ## CPU time per request\n\nCPU time (user + system, from `/proc/<pid>/stat`) each \
          process used during a window, divided by the calls made in it; median over the rounds, \
          in µs. It includes waking up and going back to sleep, which at concurrency 1 happens for \
-         every call.\n\n",
-    );
-    let cpu = report.aggregates.iter().map(|a| {
-        let cpu = WORKERS.map(|w| a.cpu_us_per_request.get(w).copied().unwrap_or(0.0));
-        let total = cpu.iter().sum::<f64>();
-        let mut cells = row![a.target.label(), a.concurrency];
-        cells.extend(cpu.iter().chain([&total]).map(|us| format!("{us:.0}")));
-        cells
-    });
-    let headers = format!("Call | >Concurrency | >{} | >total", WORKERS.join(" | >"));
-    table(md, &headers, cpu)?;
+         every call.\n\n{cpu}"
+    )?;
 
     let (etcd, windows) = (&report.etcd_during_load, &report.windows);
+    let (reads, count) = (etcd.range_reads, windows.len());
     let others = etcd.calls.iter().filter(|(method, _)| *method != "Range");
-    let others: Vec<_> = others
-        .map(|(method, count)| format!("{method} {count}"))
-        .collect();
+    let others: Vec<_> = others.map(|(method, n)| format!("{method} {n}")).collect();
     let others = if others.is_empty() {
-        "none".to_owned()
+        "none".into()
     } else {
         others.join(", ")
     };
@@ -644,31 +592,15 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
         .iter()
         .map(|w| w.summary.requests + w.summary.errors)
         .sum();
-    writeln!(
-        md,
-        "\n## etcd reads on the hot path\n\netcd handled **{} Range calls** during the {} load \
-         windows ({calls} requests in all). Other unary calls in those windows: {others}. (Lease \
-         keep-alives and watches are streams, which are counted when they end.)\n\n## \
-         Registration and deregistration\n",
-        etcd.range_reads,
-        windows.len()
-    )?;
     let registration = report.registration.iter().map(|t| {
-        let (registered, deregistered) = (&t.registration_ms, &t.deregistration_ms);
-        row![
-            t.service.binary(),
-            spread_ms(registered),
-            spread_ms(deregistered)
-        ]
+        let samples = [&t.registration_ms, &t.deregistration_ms].map(|ms| spread_ms(ms));
+        let mut cells = row![t.service.binary()];
+        cells.extend(samples);
+        cells
     });
-    table(
-        md,
-        "Service | Registration: start → key in etcd | Deregistration: SIGTERM → key gone",
-        registration,
-    )?;
-
-    md.push_str("\n## Memory\n\n");
-    let mib = |kb| format!("{:.1} MiB", mib(kb));
+    let head = "Service | Registration: start → key in etcd | Deregistration: SIGTERM → key gone";
+    let registration = table(head, registration);
+    let mib = |kb| format!("{:.1} MiB", kb as f64 / 1024.0);
     let memory = report.memory.iter().map(|m| {
         let sizes = [
             m.idle_kb,
@@ -687,45 +619,41 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
         "",
         ""
     ];
-    table(
-        md,
-        "Process | >Idle RSS | >Peak RSS under load | >RSS after the load | >High-water mark",
-        memory.chain([echo]),
-    )?;
-    if let Some(stored) = report.memory.iter().find_map(|m| m.consignments_stored) {
-        writeln!(
-            md,
+    let head = "Process | >Idle RSS | >Peak RSS under load | >RSS after the load";
+    let memory = table(&format!("{head} | >High-water mark"), memory.chain([echo]));
+    let stored = report.memory.iter().find_map(|m| m.consignments_stored);
+    let stored = stored.map_or(String::new(), |stored| {
+        format!(
             "\nconsignment-service's in-memory store held {stored} consignments by the end of the \
              load, so its memory under load grows with the number of requests made, not only with \
-             concurrency."
-        )?;
-    }
-
-    md.push_str("\n## Where the time goes\n\n");
+             concurrency.\n"
+        )
+    });
+    writeln!(
+        md,
+        "## etcd reads on the hot path\n\netcd handled **{reads} Range calls** during the {count} \
+         load windows ({calls} requests in all). Other unary calls in those windows: {others}. \
+         (Lease keep-alives and watches are streams, which are counted when they end.)\n\n\
+         ## Registration and deregistration\n\n{registration}\n## Memory\n\n{memory}{stored}\n\
+         ## Where the time goes\n"
+    )?;
     write_latency_split(md, report)?;
     if let Some(outcome) = &report.profile {
         md.push('\n');
         write_profile(md, outcome)?;
     }
-
-    md.push_str("\n## Every window\n\n");
     let windows = windows.iter().map(|w| {
         let (s, l) = (&w.summary, &w.summary.latency);
-        let latency = [l.p50_us, l.p90_us, l.p99_us, l.max_us];
+        let latency = [l.p50_us, l.p90_us, l.p99_us, l.max_us].map(us);
         let reads = w.etcd_calls.get("Range").copied().unwrap_or(0);
-        let mut cells = speed(
-            row![w.round, s.target.label(), s.concurrency],
-            s.throughput,
-            latency,
-        );
-        cells.extend(row![s.errors, reads]);
+        let throughput = format!("{:.0}", s.throughput);
+        let mut cells = row![w.round, s.target.label(), s.concurrency, throughput];
+        cells.extend(latency.into_iter().chain(row![s.errors, reads]));
         cells
     });
-    table(
-        md,
-        ">Round | Call | >Concurrency | >req/s | >p50 | >p90 | >p99 | >max | >Errors | >etcd Range",
-        windows,
-    )
+    let head = ">Round | Call | >Concurrency | >req/s | >p50 | >p90 | >p99 | >max | >Errors";
+    let windows = table(&format!("{head} | >etcd Range"), windows);
+    write!(md, "\n## Every window\n\n{windows}")
 }
 
 /// Splits the end-to-end p50 at concurrency 1 into the two hops (as echo
@@ -737,70 +665,60 @@ fn write_latency_split(md: &mut String, report: &Report) -> fmt::Result {
         aggregates.find(|a| a.target == target && a.concurrency == concurrency)
     };
     let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
-    use TargetKind::{Create, Echo, Find, Relay};
+    let cpu = |a: &Aggregate, process: &str| a.cpu_us_per_request.get(process).copied();
     let (Some(echo), Some(relay), Some(e2e), Some(find)) =
         (at(Echo, 1), at(Relay, 1), at(Create, 1), at(Find, 1))
     else {
         return writeln!(md, "Not every call was measured at concurrency 1.");
     };
     let shippy = (e2e.p50_us - relay.p50_us).max(0.0);
+    let (over_echo, share) = (
+        ratio(relay.p50_us, echo.p50_us),
+        ratio(shippy, e2e.p50_us) * 100.0,
+    );
+    let [relay_p50, echo_p50, e2e_p50, shippy, find_p50] =
+        [relay.p50_us, echo.p50_us, e2e.p50_us, shippy, find.p50_us].map(us);
     writeln!(
         md,
-        "**Latency at concurrency 1.** Two bare tonic hops (the relay) already take p50 {} \
-         ({:.2}× echo's {}): the relay is a server and a client at once, and every hop wakes \
-         parked runtime threads in two processes. An end-to-end call takes p50 {}, so shippy \
-         itself adds {} ({:.0}% of the end-to-end p50) on top of the two hops: in \
-         vessel-service, FindAvailable alone takes p50 {} against echo's {} (request log, \
-         health and reflection routes, a log line per call); in consignment-service, \
-         validating the consignment, a new id, the store, two log lines, the failover pool and \
-         passing on the deadline and request id.",
-        us(relay.p50_us),
-        ratio(relay.p50_us, echo.p50_us),
-        us(echo.p50_us),
-        us(e2e.p50_us),
-        us(shippy),
-        ratio(shippy, e2e.p50_us) * 100.0,
-        us(find.p50_us),
-        us(echo.p50_us),
+        "**Latency at concurrency 1.** Two bare tonic hops (the relay) already take p50 \
+         {relay_p50} ({over_echo:.2}× echo's {echo_p50}): the relay is a server and a client at \
+         once, and every hop wakes parked runtime threads in two processes. An end-to-end call \
+         takes p50 {e2e_p50}, so shippy itself adds {shippy} ({share:.0}% of the end-to-end p50) \
+         on top of the two hops: in vessel-service, FindAvailable alone takes p50 {find_p50} \
+         against echo's {echo_p50} (request log, health and reflection routes, a log line per \
+         call); in consignment-service, validating the consignment, a new id, the store, two log \
+         lines, the failover pool and passing on the deadline and request id."
     )?;
-    let cpu = |a: &Aggregate, process: &str| a.cpu_us_per_request.get(process).copied();
-    if let (Some(consignment), Some(relay_cpu), Some(vessel), Some(echo_server)) = (
-        cpu(e2e, "consignment-service"),
-        cpu(relay, "relay"),
-        cpu(find, "vessel-service"),
-        cpu(echo, "echo server"),
-    ) {
+    let consignment = cpu(e2e, "consignment-service").zip(cpu(relay, "relay"));
+    let vessel = cpu(find, "vessel-service").zip(cpu(echo, "echo server"));
+    if let (Some((consignment, relay)), Some((vessel, echo))) = (consignment, vessel) {
+        let (over_relay, over_echo) = (ratio(consignment, relay), ratio(vessel, echo));
         writeln!(
             md,
             "\n**CPU per call at concurrency 1:** consignment-service {consignment:.0} µs against \
-             the relay's {relay_cpu:.0} µs ({:.1}×); vessel-service answering FindAvailable \
-             {vessel:.0} µs against the echo server's {echo_server:.0} µs ({:.1}×).",
-            ratio(consignment, relay_cpu),
-            ratio(vessel, echo_server)
+             the relay's {relay:.0} µs ({over_relay:.1}×); vessel-service answering FindAvailable \
+             {vessel:.0} µs against the echo server's {echo:.0} µs ({over_echo:.1}×)."
         )?;
     }
-    let high = report.settings.high();
+    let (cores, high) = (report.machine.cores, report.settings.concurrency[1]);
     let (Some(e2e), Some(relay), Some(echo)) = (at(Create, high), at(Relay, high), at(Echo, high))
     else {
         return Ok(());
     };
     let total = |a: &Aggregate| a.cpu_us_per_request.values().sum::<f64>();
+    let [echo_cpu, relay_cpu, e2e_cpu] = [echo, relay, e2e].map(total);
     let cpu = |a, process| cpu(a, process).unwrap_or(0.0);
     writeln!(
         md,
-        "\n**Throughput at concurrency {high}.** All processes share the same {} cores, so \
+        "\n**Throughput at concurrency {high}.** All processes share the same {cores} cores, so \
          throughput falls as CPU per call rises. Counting every process (load generator \
-         included), an echo call costs {:.0} µs of CPU, a relay call {:.0} µs ({:.1}×) and \
-         an end-to-end call {:.0} µs ({:.1}×); measured throughput: relay {:.2}× and end to \
-         end {:.2}× echo's. Within the end-to-end call, consignment-service takes {:.0} µs \
-         where the relay takes {:.0} µs, and vessel-service {:.0} µs where the echo server \
-         takes {:.0} µs.",
-        report.machine.cores,
-        total(echo),
-        total(relay),
-        ratio(total(relay), total(echo)),
-        total(e2e),
-        ratio(total(e2e), total(echo)),
+         included), an echo call costs {echo_cpu:.0} µs of CPU, a relay call {relay_cpu:.0} µs \
+         ({:.1}×) and an end-to-end call {e2e_cpu:.0} µs ({:.1}×); measured throughput: relay \
+         {:.2}× and end to end {:.2}× echo's. Within the end-to-end call, consignment-service \
+         takes {:.0} µs where the relay takes {:.0} µs, and vessel-service {:.0} µs where the \
+         echo server takes {:.0} µs.",
+        ratio(relay_cpu, echo_cpu),
+        ratio(e2e_cpu, echo_cpu),
         ratio(relay.throughput, echo.throughput),
         ratio(e2e.throughput, echo.throughput),
         cpu(e2e, "consignment-service"),
@@ -835,31 +753,34 @@ fn write_profile(md: &mut String, outcome: &Outcome) -> fmt::Result {
             .map(|s| format!("`{}` {}", short(&s.name), percent(s)));
         listed.collect::<Vec<_>>().join(", ")
     };
-    for profile in profiles {
+    for Profile {
+        concurrency,
+        seconds,
+        throughput,
+        processes,
+    } in profiles
+    {
         writeln!(
             md,
-            "\n### Concurrency {} ({:.0} s sampled, {:.0} CreateConsignment/s under perf)",
-            profile.concurrency, profile.seconds, profile.throughput
+            "\n### Concurrency {concurrency} ({seconds:.0} s sampled, {throughput:.0} \
+             CreateConsignment/s under perf)"
         )?;
-        for process in &profile.processes {
+        for p in processes {
+            let (kernel, logging) = (p.kernel_percent, p.logging_inclusive_percent);
+            let (name, samples, handler) = (&p.name, p.samples, p.handler_inclusive_percent);
             writeln!(
                 md,
-                "\n**{}**: {} samples; {:.0}% in the kernel; {:.0}% under logging (any tracing \
-                 frame in the stack); {:.0}% inside the handler itself (the gRPC method and what \
-                 it calls).\n",
-                process.name,
-                process.samples,
-                process.kernel_percent,
-                process.logging_inclusive_percent,
-                process.handler_inclusive_percent
+                "\n**{name}**: {samples} samples; {kernel:.0}% in the kernel; {logging:.0}% under \
+                 logging (any tracing frame in the stack); {handler:.0}% inside the handler itself \
+                 (the gRPC method and what it calls).\n"
             )?;
-            let areas = process.areas.iter().filter(|share| share.percent >= 0.5);
-            table(md, "Area | >Share", areas.map(|a| row![a.name, percent(a)]))?;
+            let areas = p.areas.iter().filter(|share| share.percent >= 0.5);
+            let areas = table("Area | >Share", areas.map(|a| row![a.name, percent(a)]));
+            let (calls, functions) = (list(&p.system_calls), list(&p.top_functions));
             writeln!(
                 md,
-                "\nKernel time entered through: {}.\n\nHottest functions (self): {}.",
-                list(&process.system_calls),
-                list(&process.top_functions)
+                "{areas}\nKernel time entered through: {calls}.\n\nHottest functions (self): \
+                 {functions}."
             )?;
         }
     }
@@ -869,53 +790,37 @@ fn write_profile(md: &mut String, outcome: &Outcome) -> fmt::Result {
 /// One sentence per profile: how much of each service's CPU went to its
 /// handler, to logging, and to the gRPC stack and runtime around them.
 fn in_short(profile: &Profile) -> String {
-    let share = |process: &ProcessProfile, names: &[&str]| -> f64 {
-        let areas = process.areas.iter();
-        let matching = areas.filter(|area| names.iter().any(|name| area.name.starts_with(name)));
-        matching.map(|area| area.percent).sum()
-    };
-    let parts = profile.processes.iter().map(|process| {
+    let parts = profile.processes.iter().map(|p| {
+        let share = |names: &[&str]| -> f64 {
+            let areas = p.areas.iter();
+            let matching = areas.filter(|a| names.iter().any(|name| a.name.starts_with(name)));
+            matching.map(|area| area.percent).sum()
+        };
+        let (handler, logging) = (p.handler_inclusive_percent, p.logging_inclusive_percent);
+        let stack = share(&["HTTP", "gRPC", "socket", "protobuf"]);
+        let scheduler = share(&[profile::SCHEDULER]);
         format!(
-            "{} spends {:.0}% of its CPU inside its handler, {:.0}% under logging (formatting and \
-             writing a line per call, system calls included), {:.0}% in the HTTP/2, HTTP and gRPC \
-             layers and socket I/O, and {:.0}% in the tokio scheduler parking and waking threads",
-            process.name,
-            process.handler_inclusive_percent,
-            process.logging_inclusive_percent,
-            share(process, &["HTTP", "gRPC", "socket", "protobuf"]),
-            share(process, &[profile::SCHEDULER]),
+            "{} spends {handler:.0}% of its CPU inside its handler, {logging:.0}% under logging \
+             (formatting and writing a line per call, system calls included), {stack:.0}% in the \
+             HTTP/2, HTTP and gRPC layers and socket I/O, and {scheduler:.0}% in the tokio \
+             scheduler parking and waking threads",
+            p.name
         )
     });
+    let parts = parts.collect::<Vec<_>>().join("; ");
     format!(
-        "**In short, at concurrency {}:** {} (the handler and logging shares overlap where the \
-         handler logs).",
-        profile.concurrency,
-        parts.collect::<Vec<_>>().join("; ")
+        "**In short, at concurrency {}:** {parts} (the handler and logging shares overlap where \
+         the handler logs).",
+        profile.concurrency
     )
 }
 
 /// A symbol cut to a readable length.
 fn short(symbol: &str) -> String {
-    const MAX: usize = 90;
-    match symbol.char_indices().nth(MAX) {
+    match symbol.char_indices().nth(90) {
         Some((end, _)) => format!("{}…", &symbol[..end]),
         None => symbol.to_owned(),
     }
-}
-
-/// `**3.60×** (rounds: 3.63, 3.26)`, or `n/a`.
-fn ratio(ratio: &Option<Ratio>) -> String {
-    ratio.as_ref().map_or("n/a".to_owned(), |r| {
-        let rounds: Vec<String> = r.per_round.iter().map(|v| format!("{v:.2}")).collect();
-        format!("**{:.2}×** (rounds: {})", r.median, rounds.join(", "))
-    })
-}
-
-/// `cells` followed by throughput and latency, as both tables of them show it.
-fn speed(mut cells: Vec<String>, throughput: f64, latency: [f64; 4]) -> Vec<String> {
-    cells.push(format!("{throughput:.0}"));
-    cells.extend(latency.map(us));
-    cells
 }
 
 #[cfg(test)]
@@ -949,13 +854,5 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
-
-    #[test]
-    fn tables_align_and_leave_empty_cells_empty() {
-        let mut md = String::new();
-        table(&mut md, "A | >B | >C", [row!["x", 1, ""]]).unwrap();
-        assert_eq!(md, "| A | B | C |\n| --- | ---: | ---: |\n| x | 1 | |\n");
-        assert_eq!(short(&"é".repeat(91)), format!("{}…", "é".repeat(90)));
     }
 }
