@@ -1,36 +1,28 @@
-//! The results of a run and the targets they are held to: what
-//! BENCHMARKS.json holds (everything, for tools) and what
-//! [`markdown`](crate::markdown) renders for people.
-//!
-//! Ratios to the floor are taken within each round, where the echo server
-//! and the services were measured minutes apart at most, and the report
-//! gives their median over the rounds along with the spread.
+//! The results of a run and the targets they are held to: the [`Report`],
+//! which is BENCHMARKS.json, and BENCHMARKS.md, rendered from the report
+//! alone so that the committed JSON renders the committed Markdown (a test
+//! holds them to that). Ratios to the floor are taken within each round,
+//! where the floor and the services were measured minutes apart at most,
+//! and reported as their median over the rounds with the spread.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{SuiteArgs, TargetKind};
-use crate::load::{Amount, Summary};
-use crate::processes::ServiceKind;
-use crate::profile;
-use crate::system::Machine;
+use crate::load::TargetKind::{self, Create, Echo, Find, Relay};
+use crate::load::{Summary, format_us as us};
+use crate::processes::{Machine, ServiceKind};
+use crate::profile::{self, Outcome, Profile, Share};
 
 /// e2e p50 may be at most this many times the echo p50.
-pub const LATENCY_RATIO_MAX: f64 = 2.5;
+const LATENCY_RATIO_MAX: f64 = 2.5;
 /// e2e throughput at the high concurrency must be at least this share of echo's.
-pub const THROUGHPUT_RATIO_MIN: f64 = 0.35;
-/// Median registration latency limit, per service.
-pub const REGISTRATION_MAX_MS: f64 = 300.0;
-/// Median deregistration latency limit, per service.
-pub const DEREGISTRATION_MAX_MS: f64 = 100.0;
+const THROUGHPUT_RATIO_MIN: f64 = 0.35;
+/// Median registration and deregistration latency limits, per service.
+const REGISTRATION_MAX_MS: [f64; 2] = [300.0, 100.0];
 /// Idle resident memory limit per service: 20 MB (decimal), in kB (KiB).
-pub const IDLE_RSS_MAX_KB: u64 = 20_000_000 / 1024;
-/// Requests per measurement in a smoke run.
-pub const SMOKE_REQUESTS: u64 = 200;
-/// The smoke run's high concurrency.
-pub const SMOKE_CONCURRENCY: u32 = 8;
+const IDLE_RSS_MAX_KB: u64 = 20_000_000 / 1024;
 /// Every process that works for a request, whose CPU time per call is
 /// measured: the load generator, the floors, then the services.
 pub const WORKERS: [&str; 5] = [
@@ -41,12 +33,7 @@ pub const WORKERS: [&str; 5] = [
     "vessel-service",
 ];
 /// The calls, in the order each round runs them (reversed every other round).
-pub const TARGETS: [TargetKind; 4] = [
-    TargetKind::Echo,
-    TargetKind::Relay,
-    TargetKind::Create,
-    TargetKind::Find,
-];
+pub const TARGETS: [TargetKind; 4] = [Echo, Relay, Create, Find];
 
 /// How the run was set up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,7 +41,7 @@ pub struct Settings {
     pub rounds: u32,
     pub window_secs: f64,
     pub warmup_secs: f64,
-    /// The concurrencies measured: 1 and the high one.
+    /// 1 and the high concurrency.
     pub concurrency: [u32; 2],
     /// Start-and-stop samples per service.
     pub registration_samples: u32,
@@ -71,55 +58,12 @@ pub struct Settings {
     pub service_env: Vec<String>,
 }
 
-impl Settings {
-    /// Settings from the command line; `payload` is the echo payload size.
-    pub fn from_args(args: &SuiteArgs, payload: usize, binaries: String) -> Self {
-        let smoke = args.smoke;
-        let unless_smoke = |value: u32, smoke_value: u32| if smoke { smoke_value } else { value };
-        let warmup = if smoke { Duration::ZERO } else { args.warmup };
-        let service_env = args.service_env.iter().map(|(k, v)| format!("{k}={v}"));
-        Self {
-            rounds: unless_smoke(args.rounds, 1),
-            window_secs: args.window.as_secs_f64(),
-            warmup_secs: warmup.as_secs_f64(),
-            concurrency: [1, unless_smoke(args.concurrency, SMOKE_CONCURRENCY)],
-            registration_samples: unless_smoke(args.registration_samples, 1),
-            smoke,
-            smoke_requests: smoke.then_some(SMOKE_REQUESTS),
-            echo_payload_bytes: payload,
-            consignment_store: "in memory (SHIPPY_DATABASE_URL=memory://)".to_owned(),
-            service_log_level: "the services' default (info; a line per call)".to_owned(),
-            binaries,
-            service_env: service_env.collect(),
-        }
-    }
-
-    /// What each window measures.
-    pub fn amount(&self) -> Amount {
-        match self.smoke_requests {
-            Some(count) => Amount::Requests(count),
-            None => Amount::Duration(self.window()),
-        }
-    }
-
-    pub fn window(&self) -> Duration {
-        Duration::from_secs_f64(self.window_secs)
-    }
-
-    pub fn warmup(&self) -> Duration {
-        Duration::from_secs_f64(self.warmup_secs)
-    }
-
-    pub fn high(&self) -> u32 {
-        self.concurrency[1]
-    }
-}
-
 /// One measurement window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Window {
     /// From 1.
     pub round: u32,
+    /// What the load generator measured.
     pub summary: Summary,
     /// gRPC calls etcd handled during the window, by method (only those
     /// that happened).
@@ -131,27 +75,24 @@ pub struct Window {
     pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
-/// Registration and deregistration latency samples of one service.
+/// Registration (process spawned → key in etcd) and deregistration (SIGTERM
+/// → key gone) latency samples of one service, ms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registration {
     pub service: ServiceKind,
-    /// Process spawned → key visible in etcd, ms.
     pub registration_ms: Vec<f64>,
-    /// SIGTERM → key gone from etcd, ms.
     pub deregistration_ms: Vec<f64>,
 }
 
-/// Resident memory of one service, kB.
+/// Resident memory of one service, kB: idle (registered, connected, before
+/// any load), the highest sample during any window, after the last window,
+/// and the kernel's high-water mark (VmHWM) then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Memory {
     pub service: ServiceKind,
-    /// Registered, connected, before any load.
     pub idle_kb: u64,
-    /// The highest sample during any window.
     pub under_load_peak_kb: u64,
-    /// After the last window.
     pub after_load_kb: u64,
-    /// The kernel's high-water mark (VmHWM) after the last window.
     pub high_water_kb: u64,
     /// consignment-service only: consignments it held by the end, since the
     /// in-memory store grows with every CreateConsignment.
@@ -165,7 +106,6 @@ pub struct Memory {
 pub struct Aggregate {
     pub target: TargetKind,
     pub concurrency: u32,
-    /// Successful calls per second.
     pub throughput: f64,
     pub p50_us: f64,
     pub p90_us: f64,
@@ -176,26 +116,13 @@ pub struct Aggregate {
     pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
-/// A ratio taken per round, and its median.
+/// A ratio taken per round (`per_round`, in order), and its median.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub median: f64,
     pub min: f64,
     pub max: f64,
-    /// Each round's value, in order.
     pub per_round: Vec<f64>,
-}
-
-impl Ratio {
-    fn of(per_round: Vec<f64>) -> Option<Self> {
-        let (median, (min, max)) = (median(&per_round)?, min_max(&per_round)?);
-        Some(Self {
-            median,
-            min,
-            max,
-            per_round,
-        })
-    }
 }
 
 /// The ratios to a floor: e2e, relay and FindAvailable over echo, and e2e
@@ -214,11 +141,11 @@ pub struct Ratios {
     pub find_throughput_at_high: Option<Ratio>,
 }
 
-/// etcd calls during the load windows.
+/// etcd's Range calls (reads of the key space) and all its unary calls by
+/// method, during the load windows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EtcdDuringLoad {
     pub range_reads: u64,
-    /// Every unary call etcd handled during any window, by method.
     pub calls: BTreeMap<String, u64>,
 }
 
@@ -231,7 +158,8 @@ pub struct Check {
     pub held: bool,
 }
 
-/// Everything a run measured.
+/// Everything a run measured; `aggregates`, `ratios`, `etcd_during_load`
+/// and `checks` are derived from the rest by [`Report::evaluate`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
@@ -247,7 +175,7 @@ pub struct Report {
     pub echo_idle_rss_kb: u64,
     pub checks: Vec<Check>,
     /// Where the services spend their time, when profiled.
-    pub profile: Option<profile::Outcome>,
+    pub profile: Option<Outcome>,
     /// Every window, in the order run.
     pub windows: Vec<Window>,
 }
@@ -261,186 +189,213 @@ impl Report {
                 .iter()
                 .any(|c| !c.held && c.name.starts_with(prefix))
         };
-        [("e2e latency", 1), ("e2e throughput", self.settings.high())]
-            .into_iter()
-            .filter_map(|(prefix, concurrency)| missed(prefix).then_some(concurrency))
-            .collect()
+        let targets = [
+            ("e2e latency", 1),
+            ("e2e throughput", self.settings.concurrency[1]),
+        ];
+        let missed = targets.into_iter().filter(|(prefix, _)| missed(*prefix));
+        missed.map(|(_, concurrency)| concurrency).collect()
     }
 
     /// (Re)computes everything derived from the measurements: the medians,
     /// the ratios, etcd's calls during the load and the targets.
     pub fn evaluate(&mut self) {
-        (self.aggregates, self.ratios) = (aggregates(self), ratios(self));
+        let (settings, windows) = (&self.settings, &self.windows);
+        self.aggregates = aggregates(settings, windows);
+        self.ratios = ratios(settings, windows);
         let mut calls = BTreeMap::new();
-        for (method, count) in self.windows.iter().flat_map(|w| &w.etcd_calls) {
+        for (method, count) in windows.iter().flat_map(|w| &w.etcd_calls) {
             *calls.entry(method.clone()).or_insert(0) += count;
         }
         let range_reads = calls.get("Range").copied().unwrap_or(0);
         self.etcd_during_load = EtcdDuringLoad { range_reads, calls };
-        let ratio = |ratio: &Option<Ratio>, held: fn(f64) -> bool| match ratio {
-            Some(r) => (
-                format!("{:.2}× (rounds {:.2}–{:.2})", r.median, r.min, r.max),
-                held(r.median),
-            ),
+        let errors: u64 = windows.iter().map(|w| w.summary.errors).sum();
+        let ratio = |ratio: &Option<Ratio>, held: &dyn Fn(f64) -> bool| match ratio {
+            Some(r) => (r.describe(), held(r.median)),
             None => ("not measured".to_owned(), false),
         };
-        let errors: u64 = self.windows.iter().map(|w| w.summary.errors).sum();
-        let reads = self.etcd_during_load.range_reads;
+        let (latency, throughput) = (&self.ratios.p50_at_1, &self.ratios.throughput_at_high);
         let mut checks = vec![
-            check(
-                "e2e latency, p50 at concurrency 1".into(),
+            (
+                "e2e latency, p50 at concurrency 1".to_owned(),
                 format!("≤ {LATENCY_RATIO_MAX} × echo p50"),
-                ratio(&self.ratios.p50_at_1, |r| r <= LATENCY_RATIO_MAX),
+                ratio(latency, &|r| r <= LATENCY_RATIO_MAX),
             ),
-            check(
-                format!("e2e throughput at concurrency {}", self.settings.high()),
+            (
+                format!("e2e throughput at concurrency {}", settings.concurrency[1]),
                 format!("≥ {THROUGHPUT_RATIO_MIN} × echo throughput"),
-                ratio(&self.ratios.throughput_at_high, |r| {
-                    r >= THROUGHPUT_RATIO_MIN
-                }),
+                ratio(throughput, &|r| r >= THROUGHPUT_RATIO_MIN),
             ),
-            check(
+            (
                 "errors under load".into(),
                 "none".into(),
                 (errors.to_string(), errors == 0),
             ),
-            check(
+            (
                 "etcd reads during the load".into(),
                 "0 Range calls".into(),
-                (format!("{reads} Range calls"), reads == 0),
+                (format!("{range_reads} Range calls"), range_reads == 0),
             ),
         ];
         for times in &self.registration {
-            let name = times.service.binary();
-            for (what, ms, limit) in [
-                ("registration", &times.registration_ms, REGISTRATION_MAX_MS),
-                (
-                    "deregistration",
-                    &times.deregistration_ms,
-                    DEREGISTRATION_MAX_MS,
-                ),
-            ] {
+            let samples = [&times.registration_ms, &times.deregistration_ms];
+            let what = ["registration", "deregistration"].into_iter().zip(samples);
+            for ((what, ms), limit) in what.zip(REGISTRATION_MAX_MS) {
+                let name = format!("{} {what} (median)", times.service.binary());
                 let held = median(ms).is_some_and(|median| median <= limit);
-                let goal = format!("≤ {limit:.0} ms");
-                checks.push(check(
-                    format!("{name} {what} (median)"),
-                    goal,
-                    (spread_ms(ms), held),
-                ));
+                checks.push((name, format!("≤ {limit:.0} ms"), (spread_ms(ms), held)));
             }
         }
         for memory in &self.memory {
             let (name, kb) = (memory.service.binary(), memory.idle_kb);
-            checks.push(check(
-                format!("{name} idle memory"),
-                format!("≤ 20 MB ({IDLE_RSS_MAX_KB} kB) RSS"),
-                (
-                    format!("{kb} kB ({:.1} MiB)", mib(kb)),
-                    kb <= IDLE_RSS_MAX_KB,
-                ),
-            ));
+            let measured = format!("{kb} kB ({:.1} MiB)", kb as f64 / 1024.0);
+            let goal = format!("≤ 20 MB ({IDLE_RSS_MAX_KB} kB) RSS");
+            let name = format!("{name} idle memory");
+            checks.push((name, goal, (measured, kb <= IDLE_RSS_MAX_KB)));
         }
-        self.checks = checks;
-    }
-}
-
-fn check(name: String, goal: String, (measured, held): (String, bool)) -> Check {
-    Check {
-        name,
-        goal,
-        measured,
-        held,
-    }
-}
-
-fn aggregates(report: &Report) -> Vec<Aggregate> {
-    let (settings, windows) = (&report.settings, &report.windows);
-    let mut out = Vec::new();
-    for concurrency in settings.concurrency {
-        for target in TARGETS {
-            let runs: Vec<&Window> = windows
-                .iter()
-                .filter(|w| w.summary.target == target && w.summary.concurrency == concurrency)
-                .collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let med = |f: fn(&Summary) -> f64| {
-                median(&runs.iter().map(|w| f(&w.summary)).collect::<Vec<_>>()).unwrap_or(0.0)
-            };
-            let mut cpu: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            for (process, us) in runs.iter().flat_map(|w| &w.cpu_us_per_request) {
-                cpu.entry(process.clone()).or_default().push(*us);
-            }
-            out.push(Aggregate {
-                target,
-                concurrency,
-                throughput: med(|s| s.throughput),
-                p50_us: med(|s| s.latency.p50_us),
-                p90_us: med(|s| s.latency.p90_us),
-                p99_us: med(|s| s.latency.p99_us),
-                max_us: runs
-                    .iter()
-                    .map(|w| w.summary.latency.max_us)
-                    .fold(0.0, f64::max),
-                requests: runs.iter().map(|w| w.summary.requests).sum(),
-                errors: runs.iter().map(|w| w.summary.errors).sum(),
-                cpu_us_per_request: cpu
-                    .into_iter()
-                    .filter_map(|(process, values)| Some((process, median(&values)?)))
-                    .collect(),
+        let checks = checks
+            .into_iter()
+            .map(|(name, goal, (measured, held))| Check {
+                name,
+                goal,
+                measured,
+                held,
             });
-        }
+        self.checks = checks.collect();
     }
-    out
+
+    /// How many targets held, and the ones that did not.
+    pub fn headline(&self) -> String {
+        let missed = self.checks.iter().filter(|c| !c.held);
+        let missed: Vec<_> = missed
+            .map(|c| format!("\n  missed: {}, {}", c.name, c.measured))
+            .collect();
+        let all = self.checks.len();
+        format!(
+            "{} of {all} targets held{}",
+            all - missed.len(),
+            missed.concat()
+        )
+    }
+
+    /// BENCHMARKS.md.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        // Writing into a String cannot fail.
+        let _ = write_markdown(&mut md, self);
+        md
+    }
 }
 
-/// `f(target) / f(base)` per round at `concurrency`.
-fn per_round(
-    settings: &Settings,
-    windows: &[Window],
-    (target, base): (TargetKind, TargetKind),
-    concurrency: u32,
-    f: fn(&Summary) -> f64,
-) -> Vec<f64> {
-    (1..=settings.rounds)
-        .filter_map(|round| {
+impl Window {
+    fn is(&self, target: TargetKind, concurrency: u32) -> bool {
+        self.summary.target == target && self.summary.concurrency == concurrency
+    }
+}
+
+impl Ratio {
+    /// `3.60× (rounds 3.26–3.99)`.
+    fn describe(&self) -> String {
+        format!(
+            "{:.2}× (rounds {:.2}–{:.2})",
+            self.median, self.min, self.max
+        )
+    }
+
+    /// `**3.60×** (rounds: 3.63, 3.26, 3.99, 3.57)`, or `n/a`.
+    fn listed(ratio: &Option<Self>) -> String {
+        let Some(r) = ratio else {
+            return "n/a".to_owned();
+        };
+        let rounds: Vec<String> = r.per_round.iter().map(|v| format!("{v:.2}")).collect();
+        format!("**{:.2}×** (rounds: {})", r.median, rounds.join(", "))
+    }
+}
+
+fn aggregates(settings: &Settings, windows: &[Window]) -> Vec<Aggregate> {
+    let calls = settings
+        .concurrency
+        .into_iter()
+        .flat_map(|c| TARGETS.map(|t| (t, c)));
+    let aggregate = |(target, concurrency)| {
+        let runs: Vec<&Window> = windows
+            .iter()
+            .filter(|w| w.is(target, concurrency))
+            .collect();
+        let median_of = |f: fn(&Summary) -> f64| {
+            let values: Vec<f64> = runs.iter().map(|w| f(&w.summary)).collect();
+            median(&values).unwrap_or(0.0)
+        };
+        let mut cpu: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (process, us) in runs.iter().flat_map(|w| &w.cpu_us_per_request) {
+            cpu.entry(process.clone()).or_default().push(*us);
+        }
+        let cpu = cpu
+            .into_iter()
+            .map(|(p, us)| (p, median(&us).unwrap_or(0.0)));
+        let summaries = || runs.iter().map(|w| &w.summary);
+        (!runs.is_empty()).then(|| Aggregate {
+            target,
+            concurrency,
+            throughput: median_of(|s| s.throughput),
+            p50_us: median_of(|s| s.latency.p50_us),
+            p90_us: median_of(|s| s.latency.p90_us),
+            p99_us: median_of(|s| s.latency.p99_us),
+            max_us: summaries().map(|s| s.latency.max_us).fold(0.0, f64::max),
+            requests: summaries().map(|s| s.requests).sum(),
+            errors: summaries().map(|s| s.errors).sum(),
+            cpu_us_per_request: cpu.collect(),
+        })
+    };
+    calls.filter_map(aggregate).collect()
+}
+
+fn ratios(settings: &Settings, windows: &[Window]) -> Ratios {
+    fn p50(summary: &Summary) -> f64 {
+        summary.latency.p50_us
+    }
+    fn throughput(summary: &Summary) -> f64 {
+        summary.throughput
+    }
+    // `f(target) / f(base)` in each round at `concurrency`.
+    let ratio = |target, base, concurrency, f: fn(&Summary) -> f64| {
+        let per_round = (1..=settings.rounds).filter_map(|round| {
             let find = |kind| {
-                windows
+                let window = windows
                     .iter()
-                    .map(|w| (w.round, &w.summary))
-                    .find(|(r, s)| *r == round && s.target == kind && s.concurrency == concurrency)
-                    .map(|(_, s)| f(s))
+                    .find(|w| w.round == round && w.is(kind, concurrency));
+                window.map(|w| f(&w.summary))
             };
             let (value, floor) = (find(target)?, find(base)?);
             (floor > 0.0).then(|| value / floor)
+        });
+        let per_round: Vec<f64> = per_round.collect();
+        let median = median(&per_round)?;
+        let min = per_round.iter().copied().reduce(f64::min)?;
+        let max = per_round.iter().copied().reduce(f64::max)?;
+        Some(Ratio {
+            median,
+            min,
+            max,
+            per_round,
         })
-        .collect()
-}
-
-fn ratios(report: &Report) -> Ratios {
-    let (settings, windows) = (&report.settings, &report.windows[..]);
-    use TargetKind::{Create, Echo, Find, Relay};
-    let p50 = |s: &Summary| s.latency.p50_us;
-    let throughput = |s: &Summary| s.throughput;
-    let at_1 = |pair| Ratio::of(per_round(settings, windows, pair, 1, p50));
-    let high = settings.high();
-    let at_high = |pair, f| Ratio::of(per_round(settings, windows, pair, high, f));
+    };
+    let high = settings.concurrency[1];
     Ratios {
-        p50_at_1: at_1((Create, Echo)),
-        p50_at_high: at_high((Create, Echo), p50),
-        throughput_at_high: at_high((Create, Echo), throughput),
-        p50_over_relay_at_1: at_1((Create, Relay)),
-        throughput_over_relay_at_high: at_high((Create, Relay), throughput),
-        relay_p50_at_1: at_1((Relay, Echo)),
-        relay_throughput_at_high: at_high((Relay, Echo), throughput),
-        find_p50_at_1: at_1((Find, Echo)),
-        find_throughput_at_high: at_high((Find, Echo), throughput),
+        p50_at_1: ratio(Create, Echo, 1, p50),
+        p50_at_high: ratio(Create, Echo, high, p50),
+        throughput_at_high: ratio(Create, Echo, high, throughput),
+        p50_over_relay_at_1: ratio(Create, Relay, 1, p50),
+        throughput_over_relay_at_high: ratio(Create, Relay, high, throughput),
+        relay_p50_at_1: ratio(Relay, Echo, 1, p50),
+        relay_throughput_at_high: ratio(Relay, Echo, high, throughput),
+        find_p50_at_1: ratio(Find, Echo, 1, p50),
+        find_throughput_at_high: ratio(Find, Echo, high, throughput),
     }
 }
 
 /// The median of `values`, `None` when empty.
-pub fn median(values: &[f64]) -> Option<f64> {
+fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -451,15 +406,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-fn min_max(values: &[f64]) -> Option<(f64, f64)> {
-    let min = values.iter().copied().reduce(f64::min)?;
-    Some((min, values.iter().copied().reduce(f64::max)?))
-}
-
 /// `median ms (min, max, n)` of samples.
 pub fn spread_ms(samples: &[f64]) -> String {
-    match (median(samples), min_max(samples)) {
-        (Some(median), Some((min, max))) => {
+    let [min, max] = [f64::min, f64::max].map(|f| samples.iter().copied().reduce(f));
+    match (median(samples), min, max) {
+        (Some(median), Some(min), Some(max)) => {
             let n = samples.len();
             format!("{median:.0} ms (min {min:.0}, max {max:.0}, n={n})")
         }
@@ -467,29 +418,436 @@ pub fn spread_ms(samples: &[f64]) -> String {
     }
 }
 
-pub fn mib(kb: u64) -> f64 {
-    kb as f64 / 1024.0
+/// The cells of a table row, each formatted with `Display`.
+macro_rules! row {
+    ($($cell:expr),* $(,)?) => { vec![$($cell.to_string()),*] };
 }
 
-/// The headline: the two ratios and how many targets held.
-pub fn headline(report: &Report) -> String {
-    let ratio = |r: &Option<Ratio>| {
-        r.as_ref()
-            .map_or("n/a".to_owned(), |r| format!("{:.2}×", r.median))
+/// A Markdown table. `headers` are separated by ` | `; one starting with
+/// `>` is a right-aligned column.
+fn table(headers: &str, rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let headers: Vec<&str> = headers.split(" | ").collect();
+    let names = headers.iter().map(|h| h.trim_start_matches('>').to_owned());
+    let rule = headers
+        .iter()
+        .map(|h| if h.starts_with('>') { "---:" } else { "---" });
+    let head = [names.collect(), rule.map(str::to_owned).collect()];
+    let line = |cells: Vec<String>| {
+        let cells = cells.iter().map(|c| {
+            if c.is_empty() {
+                " |".into()
+            } else {
+                format!(" {c} |")
+            }
+        });
+        format!("|{}\n", cells.collect::<String>())
     };
-    let held = report.checks.iter().filter(|c| c.held).count();
-    format!(
-        "e2e p50 / echo p50 (c=1): {}; e2e / echo throughput (c={}): {}; {held} of {} targets held",
-        ratio(&report.ratios.p50_at_1),
-        report.settings.high(),
-        ratio(&report.ratios.throughput_at_high),
-        report.checks.len()
+    head.into_iter().chain(rows).map(line).collect()
+}
+
+fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
+    let (settings, machine, r) = (&report.settings, &report.machine, &report.ratios);
+    let high = settings.concurrency[1];
+    let smoke = match settings.smoke {
+        true => {
+            "\n**This is a smoke run** (a few hundred requests per measurement, to check that \
+                 the benchmark works); its numbers mean nothing.\n"
+        }
+        false => "",
+    };
+    let held = |held| if held { "**yes**" } else { "**no**" };
+    let checks = report.checks.iter();
+    let checks = checks.map(|c| row![c.name, c.goal, c.measured, held(c.held)]);
+    let checks = table("Measurement | Target | Measured | Held", checks);
+    writeln!(
+        md,
+        "# Benchmarks\n\nWritten by `make bench` on {}; run it again to regenerate this file and \
+         [BENCHMARKS.json](BENCHMARKS.json), which holds every number below and each window's full \
+         summary.\n{smoke}\n## Targets\n\n{checks}\n\
+         Ratios to the floor (median of the per-round ratios):\n\n\
+         - e2e p50 / echo p50 at concurrency 1: {}\n\
+         - e2e p50 / echo p50 at concurrency {high}: {}\n\
+         - e2e throughput / echo throughput at concurrency {high}: {}\n\
+         - FindAvailable alone: p50 {} of echo's at concurrency 1, throughput {} of echo's at \
+         concurrency {high}\n\
+         - The echo relay (two bare tonic hops, no shippy code): p50 {} of echo's at concurrency \
+         1, throughput {} of echo's at concurrency {high}\n\
+         - e2e against the relay, i.e. what shippy adds to two hops: p50 {} at concurrency 1, \
+         throughput {} at concurrency {high}\n",
+        machine.date,
+        Ratio::listed(&r.p50_at_1),
+        Ratio::listed(&r.p50_at_high),
+        Ratio::listed(&r.throughput_at_high),
+        Ratio::listed(&r.find_p50_at_1),
+        Ratio::listed(&r.find_throughput_at_high),
+        Ratio::listed(&r.relay_p50_at_1),
+        Ratio::listed(&r.relay_throughput_at_high),
+        Ratio::listed(&r.p50_over_relay_at_1),
+        Ratio::listed(&r.throughput_over_relay_at_high),
+    )?;
+
+    let load = report.load_average.map(|v| v.map(|v| format!("{v:.2}")));
+    let [start, end] = load.map(|v| v.unwrap_or_else(|| "unknown".into()));
+    let (cores, cpu, memory) = (
+        machine.cores,
+        &machine.cpu,
+        machine.memory_mib as f64 / 1024.0,
+    );
+    let (kernel, rustc, etcd) = (&machine.kernel, &machine.rustc, &machine.etcd);
+    let (binaries, log_level) = (&settings.binaries, &settings.service_log_level);
+    let store = &settings.consignment_store;
+    let env = settings.service_env.join(" ");
+    let env = match env.is_empty() {
+        true => String::new(),
+        false => {
+            format!("\n**Not the default configuration:** both services also ran with `{env}`.\n")
+        }
+    };
+    writeln!(
+        md,
+        "## Machine\n\n- {cores} cores ({cpu}), {memory:.1} GiB memory, {kernel}\n- {rustc}\n- \
+         {etcd}\n- 1-minute load average {start} at the start, {end} at the end. The machine is \
+         shared (other builds may run beside the benchmark), which is why the floor is measured \
+         in every round beside the services and only ratios within a round are compared.\n\n\
+         ## What was run\n\nEverything runs on this one machine, on loopback, as separate \
+         processes: a single-member etcd (temporary data dir, free ports), the `vessel-service` \
+         and `consignment-service` binaries from `{binaries}`, the echo floor (`shippy-bench \
+         echo-server`), and the load generator (`shippy-bench`). The services find each other \
+         through etcd as in production; their log level is {log_level}. consignment-service \
+         stores consignments {store}, so the benchmark measures the RPC and discovery path, not a \
+         database.\n{env}"
+    )?;
+    let (window, warmup) = (settings.window_secs, settings.warmup_secs);
+    let amount = match settings.smoke_requests {
+        Some(count) => format!("{count} requests"),
+        None => format!("{window:.0} s, after {warmup:.0} s of uncounted warm-up"),
+    };
+    let plural = |count: u32, noun| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
+    let rounds = plural(settings.rounds, "round");
+    let registrations = plural(settings.registration_samples, "time");
+    let payload = settings.echo_payload_bytes;
+    let aggregates = report.aggregates.iter().map(|a| {
+        let latency = [a.p50_us, a.p90_us, a.p99_us, a.max_us].map(us);
+        let (call, throughput) = (a.target.label(), format!("{:.0}", a.throughput));
+        let mut cells = row![call, a.concurrency, throughput];
+        cells.extend(latency.into_iter().chain(row![a.requests, a.errors]));
+        cells
+    });
+    let head = "Call | >Concurrency | >Throughput (req/s) | >p50 | >p90 | >p99 | >max | >Requests";
+    let aggregates = table(&format!("{head} | >Errors"), aggregates);
+    let cpu = report.aggregates.iter().map(|a| {
+        let cpu = WORKERS.map(|w| a.cpu_us_per_request.get(w).copied().unwrap_or(0.0));
+        let total = cpu.iter().sum::<f64>();
+        let mut cells = row![a.target.label(), a.concurrency];
+        cells.extend(cpu.iter().chain([&total]).map(|us| format!("{us:.0}")));
+        cells
+    });
+    let cpu = table(
+        &format!("Call | >Concurrency | >{} | >total", WORKERS.join(" | >")),
+        cpu,
+    );
+    writeln!(
+        md,
+        "- **Floor (echo):** a raw tonic unary echo server with no layers, one hop, payload of \
+         {payload} bytes, the size of the encoded sample `consignment.json`.\n\
+         - **End to end (e2e):** CreateConsignment of the sample to consignment-service, which \
+         asks vessel-service (found through etcd) FindAvailable and stores the result: two hops.\n\
+         - **FindAvailable** alone, straight to vessel-service: one service hop.\n\
+         - **Echo relay:** the same echo call to a second raw tonic server, which makes it to the \
+         echo server over a lazily connected tonic channel and returns the answer: two hops with \
+         nothing else, the floor for a service that calls another as consignment-service does.\n\
+         - The load generator runs N callers (concurrency 1 and {high}) on one HTTP/2 connection \
+         per target, each with one call in flight (closed loop) and a 10 s deadline. Each window \
+         lasts {amount}. Latency is per successful call, in an HDR histogram.\n\
+         - {rounds}; in each, echo, relay, e2e and FindAvailable at concurrency 1, then at \
+         {high}, in reverse order every other round. Ratios are taken within a round, then the \
+         median over rounds.\n\
+         - etcd's `grpc_server_handled_total` counters, from its `/metrics`, are read before and \
+         after every window; nothing else talks to etcd meanwhile.\n\
+         - Registration: {registrations} per service, the process is spawned and the time until \
+         an etcd watch opened beforehand delivers its key is taken; then SIGTERM, and the time \
+         until the watch delivers the key's deletion. consignment-service's starts happen with \
+         vessel-service registered, so they include its first discovery read. The two instances \
+         that carried the load add one deregistration sample each at the end.\n\
+         - Memory: VmRSS from `/proc/<pid>/status`, idle (registered, a second after the last \
+         start, before any load) and sampled every 100 ms during every window.\n\n\
+         ## Latency and throughput\n\nMedian over the rounds of each window's figure; max is the \
+         slowest call in any round.\n\n{aggregates}\n\
+         ## CPU time per request\n\nCPU time (user + system, from `/proc/<pid>/stat`) each \
+         process used during a window, divided by the calls made in it; median over the rounds, \
+         in µs. It includes waking up and going back to sleep, which at concurrency 1 happens for \
+         every call.\n\n{cpu}"
+    )?;
+
+    let (etcd, windows) = (&report.etcd_during_load, &report.windows);
+    let (reads, count) = (etcd.range_reads, windows.len());
+    let others = etcd.calls.iter().filter(|(method, _)| *method != "Range");
+    let others: Vec<_> = others.map(|(method, n)| format!("{method} {n}")).collect();
+    let others = if others.is_empty() {
+        "none".into()
+    } else {
+        others.join(", ")
+    };
+    let calls: u64 = windows
+        .iter()
+        .map(|w| w.summary.requests + w.summary.errors)
+        .sum();
+    let registration = report.registration.iter().map(|t| {
+        let samples = [&t.registration_ms, &t.deregistration_ms].map(|ms| spread_ms(ms));
+        let mut cells = row![t.service.binary()];
+        cells.extend(samples);
+        cells
+    });
+    let head = "Service | Registration: start → key in etcd | Deregistration: SIGTERM → key gone";
+    let registration = table(head, registration);
+    let mib = |kb| format!("{:.1} MiB", kb as f64 / 1024.0);
+    let memory = report.memory.iter().map(|m| {
+        let sizes = [
+            m.idle_kb,
+            m.under_load_peak_kb,
+            m.after_load_kb,
+            m.high_water_kb,
+        ];
+        let mut cells = row![m.service.binary()];
+        cells.extend(sizes.map(mib));
+        cells
+    });
+    let echo = row![
+        "echo floor, for comparison",
+        mib(report.echo_idle_rss_kb),
+        "",
+        "",
+        ""
+    ];
+    let head = "Process | >Idle RSS | >Peak RSS under load | >RSS after the load";
+    let memory = table(&format!("{head} | >High-water mark"), memory.chain([echo]));
+    let stored = report.memory.iter().find_map(|m| m.consignments_stored);
+    let stored = stored.map_or(String::new(), |stored| {
+        format!(
+            "\nconsignment-service's in-memory store held {stored} consignments by the end of the \
+             load, so its memory under load grows with the number of requests made, not only with \
+             concurrency.\n"
+        )
+    });
+    writeln!(
+        md,
+        "## etcd reads on the hot path\n\netcd handled **{reads} Range calls** during the {count} \
+         load windows ({calls} requests in all). Other unary calls in those windows: {others}. \
+         (Lease keep-alives and watches are streams, which are counted when they end.)\n\n\
+         ## Registration and deregistration\n\n{registration}\n## Memory\n\n{memory}{stored}\n\
+         ## Where the time goes\n"
+    )?;
+    write_latency_split(md, report)?;
+    if let Some(outcome) = &report.profile {
+        md.push('\n');
+        write_profile(md, outcome)?;
+    }
+    let windows = windows.iter().map(|w| {
+        let (s, l) = (&w.summary, &w.summary.latency);
+        let latency = [l.p50_us, l.p90_us, l.p99_us, l.max_us].map(us);
+        let reads = w.etcd_calls.get("Range").copied().unwrap_or(0);
+        let throughput = format!("{:.0}", s.throughput);
+        let mut cells = row![w.round, s.target.label(), s.concurrency, throughput];
+        cells.extend(latency.into_iter().chain(row![s.errors, reads]));
+        cells
+    });
+    let head = ">Round | Call | >Concurrency | >req/s | >p50 | >p90 | >p99 | >max | >Errors";
+    let windows = table(&format!("{head} | >etcd Range"), windows);
+    write!(md, "\n## Every window\n\n{windows}")
+}
+
+/// Splits the end-to-end p50 at concurrency 1 into the two hops (as echo
+/// and FindAvailable show them) and what remains for consignment-service,
+/// and explains throughput at the high concurrency by CPU per call.
+fn write_latency_split(md: &mut String, report: &Report) -> fmt::Result {
+    let at = |target: TargetKind, concurrency: u32| {
+        let mut aggregates = report.aggregates.iter();
+        aggregates.find(|a| a.target == target && a.concurrency == concurrency)
+    };
+    let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
+    let cpu = |a: &Aggregate, process: &str| a.cpu_us_per_request.get(process).copied();
+    let (Some(echo), Some(relay), Some(e2e), Some(find)) =
+        (at(Echo, 1), at(Relay, 1), at(Create, 1), at(Find, 1))
+    else {
+        return writeln!(md, "Not every call was measured at concurrency 1.");
+    };
+    let shippy = (e2e.p50_us - relay.p50_us).max(0.0);
+    let (over_echo, share) = (
+        ratio(relay.p50_us, echo.p50_us),
+        ratio(shippy, e2e.p50_us) * 100.0,
+    );
+    let [relay_p50, echo_p50, e2e_p50, shippy, find_p50] =
+        [relay.p50_us, echo.p50_us, e2e.p50_us, shippy, find.p50_us].map(us);
+    writeln!(
+        md,
+        "**Latency at concurrency 1.** Two bare tonic hops (the relay) already take p50 \
+         {relay_p50} ({over_echo:.2}× echo's {echo_p50}): the relay is a server and a client at \
+         once, and every hop wakes parked runtime threads in two processes. An end-to-end call \
+         takes p50 {e2e_p50}, so shippy itself adds {shippy} ({share:.0}% of the end-to-end p50) \
+         on top of the two hops: in vessel-service, FindAvailable alone takes p50 {find_p50} \
+         against echo's {echo_p50} (request log, health and reflection routes, a log line per \
+         call); in consignment-service, validating the consignment, a new id, the store, two log \
+         lines, the failover pool and passing on the deadline and request id."
+    )?;
+    let consignment = cpu(e2e, "consignment-service").zip(cpu(relay, "relay"));
+    let vessel = cpu(find, "vessel-service").zip(cpu(echo, "echo server"));
+    if let (Some((consignment, relay)), Some((vessel, echo))) = (consignment, vessel) {
+        let (over_relay, over_echo) = (ratio(consignment, relay), ratio(vessel, echo));
+        writeln!(
+            md,
+            "\n**CPU per call at concurrency 1:** consignment-service {consignment:.0} µs against \
+             the relay's {relay:.0} µs ({over_relay:.1}×); vessel-service answering FindAvailable \
+             {vessel:.0} µs against the echo server's {echo:.0} µs ({over_echo:.1}×)."
+        )?;
+    }
+    let (cores, high) = (report.machine.cores, report.settings.concurrency[1]);
+    let (Some(e2e), Some(relay), Some(echo)) = (at(Create, high), at(Relay, high), at(Echo, high))
+    else {
+        return Ok(());
+    };
+    let total = |a: &Aggregate| a.cpu_us_per_request.values().sum::<f64>();
+    let [echo_cpu, relay_cpu, e2e_cpu] = [echo, relay, e2e].map(total);
+    let cpu = |a, process| cpu(a, process).unwrap_or(0.0);
+    writeln!(
+        md,
+        "\n**Throughput at concurrency {high}.** All processes share the same {cores} cores, so \
+         throughput falls as CPU per call rises. Counting every process (load generator \
+         included), an echo call costs {echo_cpu:.0} µs of CPU, a relay call {relay_cpu:.0} µs \
+         ({:.1}×) and an end-to-end call {e2e_cpu:.0} µs ({:.1}×); measured throughput: relay \
+         {:.2}× and end to end {:.2}× echo's. Within the end-to-end call, consignment-service \
+         takes {:.0} µs where the relay takes {:.0} µs, and vessel-service {:.0} µs where the \
+         echo server takes {:.0} µs.",
+        ratio(relay_cpu, echo_cpu),
+        ratio(e2e_cpu, echo_cpu),
+        ratio(relay.throughput, echo.throughput),
+        ratio(e2e.throughput, echo.throughput),
+        cpu(e2e, "consignment-service"),
+        cpu(relay, "relay"),
+        cpu(e2e, "vessel-service"),
+        cpu(echo, "echo server"),
     )
+}
+
+/// Where the services spend their time, from `perf`.
+fn write_profile(md: &mut String, outcome: &Outcome) -> fmt::Result {
+    let profiles = match outcome {
+        Outcome::NotTaken { reason } => return writeln!(md, "No profile was taken: {reason}."),
+        Outcome::Taken { profiles } => profiles,
+    };
+    writeln!(
+        md,
+        "`perf record -e cpu-clock -F {} --call-graph dwarf` on both services during an extra \
+         end-to-end window (not one of the measured ones; perf slows them down). Each sample is \
+         charged to the first frame from the leaf up that belongs to a library or to shippy, \
+         skipping std, libc and the kernel, so system calls count toward whoever made them; a \
+         sample whose leaf is malloc or free counts as allocation.",
+        profile::FREQUENCY_HZ
+    )?;
+    for profile in profiles {
+        writeln!(md, "\n{}", in_short(profile))?;
+    }
+    let percent = |share: &Share| format!("{:.1}%", share.percent);
+    let list = |shares: &[Share]| {
+        let listed = shares
+            .iter()
+            .map(|s| format!("`{}` {}", short(&s.name), percent(s)));
+        listed.collect::<Vec<_>>().join(", ")
+    };
+    for Profile {
+        concurrency,
+        seconds,
+        throughput,
+        processes,
+    } in profiles
+    {
+        writeln!(
+            md,
+            "\n### Concurrency {concurrency} ({seconds:.0} s sampled, {throughput:.0} \
+             CreateConsignment/s under perf)"
+        )?;
+        for p in processes {
+            let (kernel, logging) = (p.kernel_percent, p.logging_inclusive_percent);
+            let (name, samples, handler) = (&p.name, p.samples, p.handler_inclusive_percent);
+            writeln!(
+                md,
+                "\n**{name}**: {samples} samples; {kernel:.0}% in the kernel; {logging:.0}% under \
+                 logging (any tracing frame in the stack); {handler:.0}% inside the handler itself \
+                 (the gRPC method and what it calls).\n"
+            )?;
+            let areas = p.areas.iter().filter(|share| share.percent >= 0.5);
+            let areas = table("Area | >Share", areas.map(|a| row![a.name, percent(a)]));
+            let (calls, functions) = (list(&p.system_calls), list(&p.top_functions));
+            writeln!(
+                md,
+                "{areas}\nKernel time entered through: {calls}.\n\nHottest functions (self): \
+                 {functions}."
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One sentence per profile: how much of each service's CPU went to its
+/// handler, to logging, and to the gRPC stack and runtime around them.
+fn in_short(profile: &Profile) -> String {
+    let parts = profile.processes.iter().map(|p| {
+        let share = |names: &[&str]| -> f64 {
+            let areas = p.areas.iter();
+            let matching = areas.filter(|a| names.iter().any(|name| a.name.starts_with(name)));
+            matching.map(|area| area.percent).sum()
+        };
+        let (handler, logging) = (p.handler_inclusive_percent, p.logging_inclusive_percent);
+        let stack = share(&["HTTP", "gRPC", "socket", "protobuf"]);
+        let scheduler = share(&[profile::SCHEDULER]);
+        format!(
+            "{} spends {handler:.0}% of its CPU inside its handler, {logging:.0}% under logging \
+             (formatting and writing a line per call, system calls included), {stack:.0}% in the \
+             HTTP/2, HTTP and gRPC layers and socket I/O, and {scheduler:.0}% in the tokio \
+             scheduler parking and waking threads",
+            p.name
+        )
+    });
+    let parts = parts.collect::<Vec<_>>().join("; ");
+    format!(
+        "**In short, at concurrency {}:** {parts} (the handler and logging shares overlap where \
+         the handler logs).",
+        profile.concurrency
+    )
+}
+
+/// A symbol cut to a readable length.
+fn short(symbol: &str) -> String {
+    match symbol.char_indices().nth(90) {
+        Some((end, _)) => format!("{}…", &symbol[..end]),
+        None => symbol.to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed BENCHMARKS.json renders the committed BENCHMARKS.md,
+    /// both as it stands and with everything derived from the measurements
+    /// (medians, ratios, targets) computed again; and nothing in the JSON is
+    /// lost or renamed on the way through.
+    #[test]
+    fn the_committed_markdown_renders_from_the_committed_json() {
+        let json = include_str!("../../BENCHMARKS.json");
+        let committed: Report = serde_json::from_str(json).unwrap();
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(serde_json::to_value(&committed).unwrap(), value);
+        let mut recomputed = committed.clone();
+        recomputed.evaluate();
+        let expected = include_str!("../../BENCHMARKS.md");
+        for report in [committed, recomputed] {
+            let rendered = report.markdown();
+            for (number, (line, expected)) in rendered.lines().zip(expected.lines()).enumerate() {
+                assert_eq!(line, expected, "BENCHMARKS.md line {}", number + 1);
+            }
+            assert_eq!(rendered, expected);
+        }
+    }
 
     #[test]
     fn medians_of_odd_and_even_counts() {
