@@ -237,7 +237,7 @@ impl Admission {
                 deadline: Box::pin(tokio::time::sleep(self.handshake_timeout)),
                 displaced,
             }),
-            refused: None,
+            refused: false,
             admission: self.clone(),
             id,
         }
@@ -291,7 +291,7 @@ pub struct GuardedStream {
     /// Until the handshake is complete.
     handshake: Option<Handshake>,
     /// Set once the connection is refused; reads fail from then on.
-    refused: Option<Refusal>,
+    refused: bool,
     admission: Arc<Admission>,
     id: u64,
 }
@@ -352,7 +352,7 @@ impl GuardedStream {
     /// Records a refusal, logs it (within budget) and makes it this read's error.
     fn refuse(&mut self, refusal: Refusal) -> io::Error {
         self.handshake = None;
-        self.refused = Some(refusal);
+        self.refused = true;
         let admission = &self.admission;
         match refusal {
             Refusal::TooSlow => {
@@ -383,10 +383,10 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(refusal) = this.refused {
+        if this.refused {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::NotConnected,
-                format!("connection refused: {refusal:?}"),
+                "the connection was closed before it started HTTP/2",
             )));
         }
         if let Some(refusal) = this.handshake.as_mut().and_then(|h| h.poll_refused(cx)) {
