@@ -306,6 +306,25 @@ impl RawConnection {
         read_frame(&mut self.reader).await
     }
 
+    /// Sends a PING and reads until the server acknowledges it: the server
+    /// has then read everything sent before, and started the calls it opened.
+    pub async fn sync(&mut self, within: Duration) -> anyhow::Result<()> {
+        self.send(&frames::frame(kind::PING, 0, 0, &[0; 8])).await?;
+        tokio::time::timeout(within, async {
+            loop {
+                match read_frame(&mut self.reader).await? {
+                    Some(frame) if frame.kind == kind::PING && frame.flags & 0x1 != 0 => {
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                    None => bail!("the server closed the connection before answering the PING"),
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("no PING acknowledgement within {within:?}"))?
+    }
+
     /// Reads (and answers nothing) until the server closes the connection,
     /// failing if it is still open after `within`.
     pub async fn wait_closed(mut self, within: Duration) -> anyhow::Result<Closed> {
@@ -547,13 +566,20 @@ impl H2Client {
         let (response, mut send) = sender
             .send_request(request, body.is_empty() && end_stream)
             .context("sending the request headers")?;
-        if !body.is_empty() {
+        // The server may answer (and close the stream) before the body is
+        // sent, as it does a request it refuses from its headers alone; its
+        // answer is what counts then.
+        let sent = if body.is_empty() {
+            Ok(())
+        } else {
             send.send_data(Bytes::copy_from_slice(body), end_stream)
-                .context("sending the request body")?;
-        }
+        };
         // `send` lives until the answer arrives: dropping it would reset
         // the stream.
-        let response = response.await.context("awaiting the response")?;
+        let response = response.await.with_context(|| match &sent {
+            Ok(()) => "awaiting the response".to_owned(),
+            Err(err) => format!("awaiting the response (sending the body failed: {err})"),
+        })?;
         drop(send);
         Ok(H2Response {
             status: response.status(),
