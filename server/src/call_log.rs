@@ -410,6 +410,59 @@ mod tests {
         );
     }
 
+    /// A request body that fails, as one whose caller reset the stream.
+    struct Broken;
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(Some(Err(Status::unknown(
+                "h2 protocol error: stream reset",
+            ))))
+        }
+    }
+
+    /// Reads the request body and answers UNKNOWN when it fails, as tonic does.
+    async fn reads_body(
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+        let mut body = request.into_body();
+        let read = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(matches!(read, Some(Err(_))));
+        Ok(Status::unknown("h2 protocol error: stream reset").into_http())
+    }
+
+    #[test]
+    fn a_caller_that_broke_off_its_request_is_cancelled_not_failed() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut service = RequestLogLayer::new().layer(tower::service_fn(reads_body));
+                let request = http::Request::builder()
+                    .uri("/t.S/Gone")
+                    .body(tonic::body::Body::new(Broken))
+                    .unwrap();
+                drop(service.call(request).await.unwrap());
+            });
+        });
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(logs.contains(" INFO "), "{logs}");
+        assert!(logs.contains("method=t.S/Gone status=CANCELLED"), "{logs}");
+    }
+
     #[test]
     fn the_status_is_read_from_headers_or_trailers() {
         let mut headers = HeaderMap::new();
