@@ -19,6 +19,8 @@
 //! - [`wait_until`] and [`wait_for`]: poll a condition until it holds or a
 //!   deadline passes.
 //! - [`Postgres`]: a private, real PostgreSQL server on a free loopback port.
+//! - [`attack`]: a raw HTTP/2 client for hostile-client tests, and readings
+//!   of a process's memory and open-files limit.
 //!
 //! Nothing here is mocked: tests talk to the same etcd and binaries users run.
 
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod attack;
 mod etcd;
 pub mod fixtures;
 mod in_process;
