@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file, in WAL mode, with every create
 //! committed and synced to disk before it is answered, so a crash (even
-//! `kill -9` or a power cut) loses nothing that was acknowledged.
+//! `kill -9` or a power cut) loses nothing that was acknowledged. Creates
+//! that arrive together share one commit ([`GroupCommit`]).
 
 use std::fs;
 use std::path::Path;
@@ -12,9 +13,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{
-    ConsignmentRepository, Page, PageRequest, containers_to_json, row_to_consignment, store_error,
-};
+use super::group_commit::GroupCommit;
+use super::{ConsignmentRepository, Page, PageRequest, row_to_consignment, store_error};
 use crate::domain::Consignment;
 use crate::error::ConsignmentError;
 
@@ -31,6 +31,8 @@ const MAX_CONNECTIONS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct SqliteRepository {
     pool: SqlitePool,
+    /// Every insert goes through it.
+    writer: GroupCommit,
 }
 
 impl SqliteRepository {
@@ -70,7 +72,10 @@ impl SqliteRepository {
                     path.display()
                 )
             })?;
-        Ok(Self { pool })
+        Ok(Self {
+            writer: GroupCommit::start(pool.clone()),
+            pool,
+        })
     }
 }
 
@@ -92,20 +97,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 #[async_trait]
 impl ConsignmentRepository for SqliteRepository {
     async fn create(&self, consignment: Consignment) -> Result<Consignment, ConsignmentError> {
-        let containers = containers_to_json(&consignment.containers)?;
-        sqlx::query(
-            "INSERT INTO consignments (id, description, weight, vessel_id, containers) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&consignment.id)
-        .bind(&consignment.description)
-        .bind(i64::from(consignment.weight))
-        .bind(&consignment.vessel_id)
-        .bind(containers)
-        .execute(&self.pool)
-        .await
-        .map_err(|err| store_error(&consignment.id, err))?;
-        Ok(consignment)
+        self.writer.create(consignment).await
     }
 
     async fn list(&self, page: PageRequest) -> Result<Page, ConsignmentError> {
@@ -206,6 +198,53 @@ mod tests {
             message.contains("\"heavy\"") && message.contains("3000000000"),
             "{message}"
         );
+    }
+
+    /// Creates `ids` at once: on a current-thread runtime each is queued
+    /// before the writer runs, so they make one batch.
+    async fn create_together(
+        store: &SqliteRepository,
+        ids: &[&str],
+    ) -> Vec<Result<Consignment, ConsignmentError>> {
+        let creates = ids.iter().map(|id| store.create(contract::consignment(id)));
+        futures::future::join_all(creates).await
+    }
+
+    #[tokio::test]
+    async fn a_taken_id_fails_only_its_own_create_in_a_batch() {
+        let (_dir, store) = store().await;
+        let answers = create_together(&store, &["a", "b", "a"]).await;
+        assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+        assert!(
+            matches!(&answers[2], Err(ConsignmentError::AlreadyExists(id)) if id == "a"),
+            "{answers:?}"
+        );
+        let all = store.list(PageRequest::default()).await.unwrap();
+        let ids: Vec<_> = all.consignments.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_create_in_its_batch_and_stores_none() {
+        let (_dir, store) = store().await;
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON consignments WHEN NEW.id = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let answers = create_together(&store, &["x", "poison", "y"]).await;
+        for answer in &answers {
+            assert!(
+                matches!(answer, Err(ConsignmentError::Internal(cause)) if format!("{cause:#}").contains("poisoned row")),
+                "{answers:?}"
+            );
+        }
+        let all = store.list(PageRequest::default()).await.unwrap();
+        assert_eq!(all.consignments, []);
+        // The writer goes on with the next batch.
+        store.create(contract::consignment("z")).await.unwrap();
     }
 
     #[tokio::test]
