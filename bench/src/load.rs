@@ -78,7 +78,8 @@ pub struct LoadOptions {
     pub timeout: Duration,
 }
 
-/// Which call the load generator makes.
+/// Which call the load generator makes; the suite's other consignment-service
+/// instances make the same call as `Create` but have rows of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
@@ -88,6 +89,14 @@ pub enum TargetKind {
     /// `CreateConsignment` of the sample consignment, against
     /// consignment-service: two hops, end to end.
     Create,
+    /// `CreateConsignment` against the suite's consignment-service with the
+    /// default SQLite store.
+    #[value(skip)]
+    CreateSqlite,
+    /// `CreateConsignment` against the suite's consignment-service with the
+    /// per-call log off.
+    #[value(skip)]
+    CreateLogOff,
     /// `FindAvailable` for the sample's containers and weight, against
     /// vessel-service: the second hop alone.
     Find,
@@ -102,6 +111,8 @@ impl TargetKind {
         match self {
             Self::Echo => "echo",
             Self::Create => "e2e CreateConsignment",
+            Self::CreateSqlite => "e2e CreateConsignment, SQLite store",
+            Self::CreateLogOff => "e2e CreateConsignment, log off",
             Self::Find => "FindAvailable",
             Self::Relay => "echo relay (two hops)",
         }
@@ -149,7 +160,9 @@ impl Target {
                 let size = payload_bytes.unwrap_or_else(|| sample.encoded_len());
                 Call::Echo(EchoClient::new(channel), vec![0x5a; size])
             }
-            TargetKind::Create => Call::Create(ShippingServiceClient::new(channel), sample),
+            TargetKind::Create | TargetKind::CreateSqlite | TargetKind::CreateLogOff => {
+                Call::Create(ShippingServiceClient::new(channel), sample)
+            }
             TargetKind::Find => {
                 let capacity = i32::try_from(sample.containers.len()).unwrap_or(i32::MAX);
                 let spec = Specification {

@@ -86,7 +86,8 @@ impl Lab {
         })
     }
 
-    /// Where the children log, and scratch space.
+    /// Where the children run and log (so consignment-service's default
+    /// data dir, `data`, is in it), and scratch space.
     pub fn dir(&self) -> &Path {
         self.logs.path()
     }
@@ -104,11 +105,13 @@ impl Lab {
         ChildGuard::spawn_logged(command, &self.dir().join(format!("{name}.log")))
     }
 
-    /// Starts `kind` on a free loopback port, logging to `<name>.log`, and
-    /// returns it once its key is in etcd, with the time from spawning it.
+    /// Starts `kind` on a free loopback port with `env` (then the lab's
+    /// `--service-env`), logging to `<name>.log`, and returns it once its
+    /// key is in etcd, with the time from spawning it.
     pub async fn start_service(
         &self,
         kind: ServiceKind,
+        env: &[(&str, &str)],
         name: &str,
     ) -> anyhow::Result<(Child, Duration)> {
         let service = kind.binary().trim_end_matches("-service");
@@ -119,10 +122,7 @@ impl Lab {
         let mut command = self.command(self.bin_dir.join(kind.binary()));
         command.env("SHIPPY_ETCD_ENDPOINTS", self.etcd.endpoint());
         command.env("SHIPPY_LISTEN_ADDR", "127.0.0.1:0");
-        if kind == ServiceKind::ConsignmentService {
-            // So the benchmark measures the RPC and discovery path, not a database.
-            command.env("SHIPPY_DATABASE_URL", "memory://");
-        }
+        command.envs(env.iter().copied());
         command.envs(self.service_env.iter().map(|(k, v)| (k, v)));
         let spawned = Instant::now();
         let mut process = self.spawn(&mut command, name)?;

@@ -3,37 +3,75 @@
 //! alone so that the committed JSON renders the committed Markdown (a test
 //! holds them to that). Ratios to the floor are taken within each round,
 //! where the floor and the services were measured minutes apart at most,
-//! and reported as their median over the rounds with the spread.
+//! and reported as their median over the rounds with the spread; so are
+//! the end-to-end targets, each a ratio of two calls measured in the same
+//! round.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::TargetKind::{self, Create, Echo, Find, Relay};
+use crate::load::TargetKind::{self, Create, CreateLogOff, CreateSqlite, Echo, Find, Relay};
 use crate::load::{Summary, format_us as us};
 use crate::processes::{Machine, ServiceKind};
 use crate::profile::{self, Outcome, Profile, Share};
 
-/// e2e p50 may be at most this many times the echo p50.
-const LATENCY_RATIO_MAX: f64 = 2.5;
-/// e2e throughput at the high concurrency must be at least this share of echo's.
-const THROUGHPUT_RATIO_MIN: f64 = 0.35;
+/// The end-to-end targets, each on a ratio of [`Ratios`].
+const RATIO_TARGETS: [RatioTarget; 5] = [
+    RatioTarget {
+        name: "e2e / relay throughput",
+        at_high: true,
+        ratio: |r| &r.throughput_over_relay_at_high,
+        bound: Bound::AtLeast(0.9),
+    },
+    RatioTarget {
+        name: "e2e / relay p50",
+        at_high: false,
+        ratio: |r| &r.p50_over_relay_at_1,
+        bound: Bound::AtMost(1.15),
+    },
+    RatioTarget {
+        name: "SQLite store / memory store throughput",
+        at_high: true,
+        ratio: |r| &r.sqlite_throughput_at_high,
+        bound: Bound::AtLeast(0.6),
+    },
+    RatioTarget {
+        name: "SQLite store / memory store p50",
+        at_high: true,
+        ratio: |r| &r.sqlite_p50_at_high,
+        bound: Bound::AtMost(2.0),
+    },
+    RatioTarget {
+        name: "throughput with the per-call log on / off",
+        at_high: true,
+        ratio: |r| &r.log_on_throughput_at_high,
+        bound: Bound::AtLeast(0.9),
+    },
+];
 /// Median registration and deregistration latency limits, per service.
 const REGISTRATION_MAX_MS: [f64; 2] = [300.0, 100.0];
 /// Idle resident memory limit per service: 20 MB (decimal), in kB (KiB).
 const IDLE_RSS_MAX_KB: u64 = 20_000_000 / 1024;
+/// The load generator's name among the [`WORKERS`].
+pub const LOAD_GENERATOR: &str = "load generator";
 /// Every process that works for a request, whose CPU time per call is
-/// measured: the load generator, the floors, then the services.
-pub const WORKERS: [&str; 5] = [
-    "load generator",
+/// measured: the load generator, then the process that serves each of the
+/// [`TARGETS`], in order: the floors, then the services.
+pub const WORKERS: [&str; 7] = [
+    LOAD_GENERATOR,
     "echo server",
     "relay",
     "consignment-service",
+    "consignment-service (log off)",
+    "consignment-service (SQLite)",
     "vessel-service",
 ];
-/// The calls, in the order each round runs them (reversed every other round).
-pub const TARGETS: [TargetKind; 4] = [Echo, Relay, Create, Find];
+/// The calls, in the order each round runs them (reversed every other
+/// round), each served by a process of its own. The e2e calls whose ratios
+/// are targets run next to each other.
+pub const TARGETS: [TargetKind; 6] = [Echo, Relay, Create, CreateLogOff, CreateSqlite, Find];
 
 /// How the run was set up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,7 +88,8 @@ pub struct Settings {
     pub smoke_requests: Option<u64>,
     /// The size of the encoded sample consignment.
     pub echo_payload_bytes: usize,
-    pub consignment_store: String,
+    /// How each consignment-service instance under load is set up.
+    pub consignment_instances: Vec<String>,
     pub service_log_level: String,
     /// Where the service binaries came from, e.g. `target/release`.
     pub binaries: String,
@@ -68,8 +107,9 @@ pub struct Window {
     /// gRPC calls etcd handled during the window, by method (only those
     /// that happened).
     pub etcd_calls: BTreeMap<String, u64>,
-    /// Each service's highest resident memory sampled during the window, kB.
-    pub rss_peak_kb: BTreeMap<ServiceKind, u64>,
+    /// Each service's highest resident memory sampled during the window,
+    /// kB, by its name in [`WORKERS`].
+    pub rss_peak_kb: BTreeMap<String, u64>,
     /// CPU time (user + system) each of the [`WORKERS`] used during the
     /// window, divided by the calls made, µs.
     pub cpu_us_per_request: BTreeMap<String, f64>,
@@ -84,18 +124,19 @@ pub struct Registration {
     pub deregistration_ms: Vec<f64>,
 }
 
-/// Resident memory of one service, kB: idle (registered, connected, before
-/// any load), the highest sample during any window, after the last window,
-/// and the kernel's high-water mark (VmHWM) then.
+/// Resident memory of one service instance, kB: idle (registered,
+/// connected, before any load), the highest sample during any window, after
+/// the last window, and the kernel's high-water mark (VmHWM) then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Memory {
-    pub service: ServiceKind,
+    /// Its name in [`WORKERS`].
+    pub service: String,
     pub idle_kb: u64,
     pub under_load_peak_kb: u64,
     pub after_load_kb: u64,
     pub high_water_kb: u64,
-    /// consignment-service only: consignments it held by the end, since the
-    /// in-memory store grows with every CreateConsignment.
+    /// consignment-service with the store in memory only: consignments it
+    /// held by the end, since that store grows with every CreateConsignment.
     pub consignments_stored: Option<u64>,
 }
 
@@ -125,9 +166,11 @@ pub struct Ratio {
     pub per_round: Vec<f64>,
 }
 
-/// The ratios to a floor: e2e, relay and FindAvailable over echo, and e2e
-/// over the relay (what shippy adds to two bare hops); p50s at concurrency
-/// 1 (and e2e's at the high one too), throughputs at the high concurrency.
+/// The ratios within a round: to a floor (e2e, relay and FindAvailable over
+/// echo, and e2e over the relay, what shippy adds to two bare hops), and
+/// e2e with the default SQLite store over the memory store and with the
+/// per-call log over without it; p50s at concurrency 1 (and e2e's at the
+/// high one too), throughputs at the high concurrency.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Ratios {
     pub p50_at_1: Option<Ratio>,
@@ -139,6 +182,26 @@ pub struct Ratios {
     pub relay_throughput_at_high: Option<Ratio>,
     pub find_p50_at_1: Option<Ratio>,
     pub find_throughput_at_high: Option<Ratio>,
+    pub sqlite_throughput_at_high: Option<Ratio>,
+    pub sqlite_p50_at_high: Option<Ratio>,
+    pub log_on_throughput_at_high: Option<Ratio>,
+}
+
+/// A target on one of the [`Ratios`], held by its median over the rounds.
+struct RatioTarget {
+    /// What over what, e.g. `e2e / relay p50`.
+    name: &'static str,
+    /// Whether the ratio is taken at the high concurrency, or else at 1.
+    at_high: bool,
+    ratio: fn(&Ratios) -> &Option<Ratio>,
+    bound: Bound,
+}
+
+/// The side of a limit a ratio must stay on.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
 }
 
 /// etcd's Range calls (reads of the key space) and all its unary calls by
@@ -181,20 +244,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// The concurrencies at which a latency or throughput target did not
-    /// hold, where a profile shows where the time goes.
+    /// The concurrencies at which an end-to-end target did not hold, where
+    /// a profile shows where the time goes.
     pub fn concurrencies_to_profile(&self) -> Vec<u32> {
-        let missed = |prefix| {
-            self.checks
-                .iter()
-                .any(|c| !c.held && c.name.starts_with(prefix))
+        let missed = |at_high| {
+            let mut targets = RATIO_TARGETS.iter();
+            targets.any(|t| t.at_high == at_high && !t.held(&self.ratios))
         };
-        let targets = [
-            ("e2e latency", 1),
-            ("e2e throughput", self.settings.concurrency[1]),
-        ];
-        let missed = targets.into_iter().filter(|(prefix, _)| missed(*prefix));
-        missed.map(|(_, concurrency)| concurrency).collect()
+        let [low, high] = self.settings.concurrency;
+        let concurrencies = [(low, false), (high, true)].into_iter();
+        concurrencies
+            .filter_map(|(c, at_high)| missed(at_high).then_some(c))
+            .collect()
     }
 
     /// (Re)computes everything derived from the measurements: the medians,
@@ -210,22 +271,8 @@ impl Report {
         let range_reads = calls.get("Range").copied().unwrap_or(0);
         self.etcd_during_load = EtcdDuringLoad { range_reads, calls };
         let errors: u64 = windows.iter().map(|w| w.summary.errors).sum();
-        let ratio = |ratio: &Option<Ratio>, held: &dyn Fn(f64) -> bool| match ratio {
-            Some(r) => (r.describe(), held(r.median)),
-            None => ("not measured".to_owned(), false),
-        };
-        let (latency, throughput) = (&self.ratios.p50_at_1, &self.ratios.throughput_at_high);
-        let mut checks = vec![
-            (
-                "e2e latency, p50 at concurrency 1".to_owned(),
-                format!("≤ {LATENCY_RATIO_MAX} × echo p50"),
-                ratio(latency, &|r| r <= LATENCY_RATIO_MAX),
-            ),
-            (
-                format!("e2e throughput at concurrency {}", settings.concurrency[1]),
-                format!("≥ {THROUGHPUT_RATIO_MIN} × echo throughput"),
-                ratio(throughput, &|r| r >= THROUGHPUT_RATIO_MIN),
-            ),
+        let mut checks: Vec<_> = RATIO_TARGETS.iter().map(|t| t.check(self)).collect();
+        checks.extend([
             (
                 "errors under load".into(),
                 "none".into(),
@@ -236,7 +283,7 @@ impl Report {
                 "0 Range calls".into(),
                 (format!("{range_reads} Range calls"), range_reads == 0),
             ),
-        ];
+        ]);
         for times in &self.registration {
             let samples = [&times.registration_ms, &times.deregistration_ms];
             let what = ["registration", "deregistration"].into_iter().zip(samples);
@@ -247,7 +294,7 @@ impl Report {
             }
         }
         for memory in &self.memory {
-            let (name, kb) = (memory.service.binary(), memory.idle_kb);
+            let (name, kb) = (&memory.service, memory.idle_kb);
             let measured = format!("{kb} kB ({:.1} MiB)", kb as f64 / 1024.0);
             let goal = format!("≤ 20 MB ({IDLE_RSS_MAX_KB} kB) RSS");
             let name = format!("{name} idle memory");
@@ -278,6 +325,12 @@ impl Report {
         )
     }
 
+    /// The aggregate of `target` at `concurrency`, if it was measured.
+    fn aggregate(&self, target: TargetKind, concurrency: u32) -> Option<&Aggregate> {
+        let mut aggregates = self.aggregates.iter();
+        aggregates.find(|a| a.target == target && a.concurrency == concurrency)
+    }
+
     /// BENCHMARKS.md.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
@@ -290,6 +343,49 @@ impl Report {
 impl Window {
     fn is(&self, target: TargetKind, concurrency: u32) -> bool {
         self.summary.target == target && self.summary.concurrency == concurrency
+    }
+}
+
+impl RatioTarget {
+    /// Whether the ratio was measured and its median is within the bound.
+    fn held(&self, ratios: &Ratios) -> bool {
+        let ratio = (self.ratio)(ratios).as_ref();
+        ratio.is_some_and(|r| self.bound.holds(r.median))
+    }
+
+    /// Its row of the targets: name, goal, and what was measured and held.
+    fn check(&self, report: &Report) -> (String, String, (String, bool)) {
+        let at_high = usize::from(self.at_high);
+        let name = format!(
+            "{}, concurrency {}",
+            self.name, report.settings.concurrency[at_high]
+        );
+        let measured = (self.ratio)(&report.ratios).as_ref().map(Ratio::describe);
+        let measured = measured.unwrap_or_else(|| "not measured".to_owned());
+        (
+            name,
+            self.bound.to_string(),
+            (measured, self.held(&report.ratios)),
+        )
+    }
+}
+
+impl Bound {
+    fn holds(self, value: f64) -> bool {
+        match self {
+            Self::AtLeast(limit) => value >= limit,
+            Self::AtMost(limit) => value <= limit,
+        }
+    }
+}
+
+impl fmt::Display for Bound {
+    /// `≥ 0.9×`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AtLeast(limit) => write!(f, "≥ {limit}×"),
+            Self::AtMost(limit) => write!(f, "≤ {limit}×"),
+        }
     }
 }
 
@@ -391,6 +487,9 @@ fn ratios(settings: &Settings, windows: &[Window]) -> Ratios {
         relay_throughput_at_high: ratio(Relay, Echo, high, throughput),
         find_p50_at_1: ratio(Find, Echo, 1, p50),
         find_throughput_at_high: ratio(Find, Echo, high, throughput),
+        sqlite_throughput_at_high: ratio(CreateSqlite, Create, high, throughput),
+        sqlite_p50_at_high: ratio(CreateSqlite, Create, high, p50),
+        log_on_throughput_at_high: ratio(Create, CreateLogOff, high, throughput),
     }
 }
 
@@ -495,13 +594,13 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
     );
     let (kernel, rustc, etcd) = (&machine.kernel, &machine.rustc, &machine.etcd);
     let (binaries, log_level) = (&settings.binaries, &settings.service_log_level);
-    let store = &settings.consignment_store;
     let env = settings.service_env.join(" ");
     let env = match env.is_empty() {
         true => String::new(),
-        false => {
-            format!("\n**Not the default configuration:** both services also ran with `{env}`.\n")
-        }
+        false => format!(
+            "\n**Not the default configuration:** every service instance also ran with `{env}`, \
+             which overrides the above.\n"
+        ),
     };
     writeln!(
         md,
@@ -513,9 +612,8 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
          processes: a single-member etcd (temporary data dir, free ports), the `vessel-service` \
          and `consignment-service` binaries from `{binaries}`, the echo floor (`shippy-bench \
          echo-server`), and the load generator (`shippy-bench`). The services find each other \
-         through etcd as in production; their log level is {log_level}. consignment-service \
-         stores consignments {store}, so the benchmark measures the RPC and discovery path, not a \
-         database.\n{env}"
+         through etcd as in production; their log level is {log_level} unless said otherwise.\n\
+         {env}"
     )?;
     let (window, warmup) = (settings.window_secs, settings.warmup_secs);
     let amount = match settings.smoke_requests {
@@ -526,6 +624,8 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
     let rounds = plural(settings.rounds, "round");
     let registrations = plural(settings.registration_samples, "time");
     let payload = settings.echo_payload_bytes;
+    let instances = settings.consignment_instances.iter();
+    let instances: String = instances.map(|about| format!("\n  - {about}")).collect();
     let aggregates = report.aggregates.iter().map(|a| {
         let latency = [a.p50_us, a.p90_us, a.p99_us, a.max_us].map(us);
         let (call, throughput) = (a.target.label(), format!("{:.0}", a.throughput));
@@ -551,7 +651,9 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
         "- **Floor (echo):** a raw tonic unary echo server with no layers, one hop, payload of \
          {payload} bytes, the size of the encoded sample `consignment.json`.\n\
          - **End to end (e2e):** CreateConsignment of the sample to consignment-service, which \
-         asks vessel-service (found through etcd) FindAvailable and stores the result: two hops.\n\
+         asks vessel-service (found through etcd) FindAvailable and stores the result: two hops. \
+         One vessel-service serves three consignment-service instances, each loaded through a \
+         row of its own:{instances}\n\
          - **FindAvailable** alone, straight to vessel-service: one service hop.\n\
          - **Echo relay:** the same echo call to a second raw tonic server, which makes it to the \
          echo server over a lazily connected tonic channel and returns the answer: two hops with \
@@ -559,16 +661,17 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
          - The load generator runs N callers (concurrency 1 and {high}) on one HTTP/2 connection \
          per target, each with one call in flight (closed loop) and a 10 s deadline. Each window \
          lasts {amount}. Latency is per successful call, in an HDR histogram.\n\
-         - {rounds}; in each, echo, relay, e2e and FindAvailable at concurrency 1, then at \
-         {high}, in reverse order every other round. Ratios are taken within a round, then the \
-         median over rounds.\n\
+         - {rounds}; in each, every call (echo, relay, the three e2e and FindAvailable) at \
+         concurrency 1, then at {high}, in reverse order every other round. Ratios are taken \
+         within a round, then the median over rounds.\n\
          - etcd's `grpc_server_handled_total` counters, from its `/metrics`, are read before and \
          after every window; nothing else talks to etcd meanwhile.\n\
          - Registration: {registrations} per service, the process is spawned and the time until \
          an etcd watch opened beforehand delivers its key is taken; then SIGTERM, and the time \
-         until the watch delivers the key's deletion. consignment-service's starts happen with \
-         vessel-service registered, so they include its first discovery read. The two instances \
-         that carried the load add one deregistration sample each at the end.\n\
+         until the watch delivers the key's deletion. consignment-service's starts (store in \
+         memory) happen with vessel-service registered, so they include its first discovery \
+         read. The instances that carried the load add one deregistration sample each at the \
+         end.\n\
          - Memory: VmRSS from `/proc/<pid>/status`, idle (registered, a second after the last \
          start, before any load) and sampled every 100 ms during every window.\n\n\
          ## Latency and throughput\n\nMedian over the rounds of each window's figure; max is the \
@@ -608,7 +711,7 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
             m.after_load_kb,
             m.high_water_kb,
         ];
-        let mut cells = row![m.service.binary()];
+        let mut cells = row![m.service];
         cells.extend(sizes.map(mib));
         cells
     });
@@ -621,14 +724,19 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
     ];
     let head = "Process | >Idle RSS | >Peak RSS under load | >RSS after the load";
     let memory = table(&format!("{head} | >High-water mark"), memory.chain([echo]));
-    let stored = report.memory.iter().find_map(|m| m.consignments_stored);
-    let stored = stored.map_or(String::new(), |stored| {
-        format!(
-            "\nconsignment-service's in-memory store held {stored} consignments by the end of the \
-             load, so its memory under load grows with the number of requests made, not only with \
-             concurrency.\n"
-        )
+    let stored = report.memory.iter().filter_map(|m| {
+        let count = m.consignments_stored?;
+        Some(format!("{count} by {}", m.service))
     });
+    let stored = stored.collect::<Vec<_>>().join(", ");
+    let stored = match stored.is_empty() {
+        true => String::new(),
+        false => format!(
+            "\nConsignments held in memory by the end of the load: {stored}. An in-memory store \
+             grows with every request made, so its memory under load does too, not only with \
+             concurrency.\n"
+        ),
+    };
     writeln!(
         md,
         "## etcd reads on the hot path\n\netcd handled **{reads} Range calls** during the {count} \
@@ -638,6 +746,7 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
          ## Where the time goes\n"
     )?;
     write_latency_split(md, report)?;
+    write_store_and_log(md, report)?;
     if let Some(outcome) = &report.profile {
         md.push('\n');
         write_profile(md, outcome)?;
@@ -660,10 +769,7 @@ fn write_markdown(md: &mut String, report: &Report) -> fmt::Result {
 /// and FindAvailable show them) and what remains for consignment-service,
 /// and explains throughput at the high concurrency by CPU per call.
 fn write_latency_split(md: &mut String, report: &Report) -> fmt::Result {
-    let at = |target: TargetKind, concurrency: u32| {
-        let mut aggregates = report.aggregates.iter();
-        aggregates.find(|a| a.target == target && a.concurrency == concurrency)
-    };
+    let at = |target, concurrency| report.aggregate(target, concurrency);
     let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     let cpu = |a: &Aggregate, process: &str| a.cpu_us_per_request.get(process).copied();
     let (Some(echo), Some(relay), Some(e2e), Some(find)) =
@@ -728,6 +834,45 @@ fn write_latency_split(md: &mut String, report: &Report) -> fmt::Result {
     )
 }
 
+/// What the default SQLite store and the per-call log change in an
+/// end-to-end call at the high concurrency.
+fn write_store_and_log(md: &mut String, report: &Report) -> fmt::Result {
+    let high = report.settings.concurrency[1];
+    let at = |target| report.aggregate(target, high);
+    let (Some(memory), Some(sqlite), Some(log_off)) =
+        (at(Create), at(CreateSqlite), at(CreateLogOff))
+    else {
+        return Ok(());
+    };
+    let cpu = |a: &Aggregate| {
+        let consignment = a.cpu_us_per_request.get(server(a.target));
+        consignment.copied().unwrap_or(0.0)
+    };
+    let [memory_p50, sqlite_p50] = [memory.p50_us, sqlite.p50_us].map(us);
+    writeln!(
+        md,
+        "\n**The store and the log at concurrency {high}.** With the default SQLite store, an \
+         end-to-end call takes p50 {sqlite_p50} against {memory_p50} with the store in memory, \
+         {:.0} against {:.0} calls/s, and consignment-service uses {:.0} µs of CPU per call \
+         against {:.0} µs. With its per-call log off (vessel-service still writes its line), \
+         consignment-service uses {:.0} µs per call and serves {:.0} calls/s.",
+        sqlite.throughput,
+        memory.throughput,
+        cpu(sqlite),
+        cpu(memory),
+        cpu(log_off),
+        log_off.throughput,
+    )
+}
+
+/// The process that serves `target`: its name in [`WORKERS`].
+pub fn server(target: TargetKind) -> &'static str {
+    let mut servers = TARGETS.into_iter().zip(WORKERS.into_iter().skip(1));
+    servers
+        .find(|(t, _)| *t == target)
+        .map_or("", |(_, name)| name)
+}
+
 /// Where the services spend their time, from `perf`.
 fn write_profile(md: &mut String, outcome: &Outcome) -> fmt::Result {
     let profiles = match outcome {
@@ -736,8 +881,9 @@ fn write_profile(md: &mut String, outcome: &Outcome) -> fmt::Result {
     };
     writeln!(
         md,
-        "`perf record -e cpu-clock -F {} --call-graph dwarf` on both services during an extra \
-         end-to-end window (not one of the measured ones; perf slows them down). Each sample is \
+        "`perf record -e cpu-clock -F {} --call-graph dwarf` on vessel-service and \
+         consignment-service (the instance with the store in memory and the log on) during an \
+         extra end-to-end window (not one of the measured ones; perf slows them down). Each sample is \
          charged to the first frame from the leaf up that belongs to a library or to shippy, \
          skipping std, libc and the kernel, so system calls count toward whoever made them; a \
          sample whose leaf is malloc or free counts as allocation.",

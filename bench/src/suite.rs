@@ -1,15 +1,18 @@
 //! `shippy-bench suite`, the whole benchmark as `make bench` runs it: each
 //! service started and stopped several times to time registration and
-//! deregistration; then, with one instance of each up beside the echo floor
-//! and the relay, rounds of windows (echo, relay, CreateConsignment end to
-//! end and FindAvailable, at concurrency 1 and the high one, in reverse
-//! order every other round: the machine is shared and noisy, so ratios are
-//! only taken within a round), with etcd's counters and CPU time read
-//! around each window and memory sampled during it; `perf` on the services
-//! where a target is missed; and the report written as BENCHMARKS.json and
-//! BENCHMARKS.md.
+//! deregistration; then, with one vessel-service and three consignment-service
+//! instances up (store in memory, the same with the per-call log off, and
+//! the default SQLite store) beside the echo floor and the relay, rounds of
+//! windows (echo, relay, CreateConsignment end to end against each
+//! consignment-service and FindAvailable, at concurrency 1 and the high one,
+//! in reverse order every other round: the machine is shared and noisy, so
+//! ratios are only taken within a round), with etcd's counters and CPU time
+//! read around each window and memory sampled during it; `perf` on the
+//! services where a target is missed; and the report written as
+//! BENCHMARKS.json and BENCHMARKS.md.
 
 use std::collections::BTreeMap;
+use std::iter;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,11 +20,13 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use prost::Message;
 
-use crate::load::{self, LoadOptions, Target, TargetKind};
+use crate::load::TargetKind::{self, Create, CreateLogOff, CreateSqlite, Echo, Find, Relay};
+use crate::load::{self, LoadOptions, Target};
 use crate::processes::ServiceKind::{self, ConsignmentService, VesselService};
 use crate::processes::{self, Child, Lab, Machine, status_kb};
 use crate::profile::{self, Outcome};
-use crate::report::{Memory, Registration, Report, Settings, TARGETS, WORKERS, Window, spread_ms};
+use crate::report::{LOAD_GENERATOR, Memory, Registration, Report, Settings, TARGETS, Window};
+use crate::report::{server, spread_ms};
 
 /// How long the services sit idle before their idle memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -35,6 +40,48 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const SMOKE_REQUESTS: u64 = 200;
 /// The smoke run's high concurrency.
 const SMOKE_CONCURRENCY: u32 = 8;
+/// consignment-service's store in memory, so that its calls measure the RPC
+/// and discovery path, not a database.
+const MEMORY_STORE: (&str, &str) = ("SHIPPY_DATABASE_URL", "memory://");
+/// The log level at which the services write no line per call.
+const LOG_OFF: (&str, &str) = ("RUST_LOG", "warn");
+
+/// A consignment-service instance under load.
+struct Instance {
+    /// The call that loads it, its own row in the report.
+    target: TargetKind,
+    /// The name of its log file.
+    log: &'static str,
+    /// Its environment, before `--service-env`.
+    env: &'static [(&'static str, &'static str)],
+    /// How it is set up, for the report, after its name and environment.
+    about: &'static str,
+}
+
+/// The consignment-service instances under load.
+const INSTANCES: [Instance; 3] = [
+    Instance {
+        target: Create,
+        log: "consignment-service",
+        env: &[MEMORY_STORE],
+        about: "consignments in memory, so that its calls (the plain e2e rows) measure the RPC \
+                and discovery path, not a database",
+    },
+    Instance {
+        target: CreateLogOff,
+        log: "consignment-service-log-off",
+        env: &[MEMORY_STORE, LOG_OFF],
+        about: "the same with the per-call log line off",
+    },
+    // The default data dir, `data`, is in the lab's directory, where it runs.
+    Instance {
+        target: CreateSqlite,
+        log: "consignment-service-sqlite",
+        env: &[],
+        about: "the default store and settings: an SQLite file (WAL, synchronous=FULL) in a \
+                temporary data dir",
+    },
+];
 
 /// `shippy-bench suite`.
 #[derive(Debug, Clone, Args)]
@@ -65,9 +112,10 @@ pub struct SuiteArgs {
     /// When to sample the services with `perf` under load.
     #[arg(long, value_enum, default_value = "auto")]
     pub profile: ProfileMode,
-    /// Extra environment for both services, as KEY=VALUE (repeatable), to
-    /// measure a configuration other than the default, e.g.
-    /// `--service-env RUST_LOG=warn`. The report lists what was set.
+    /// Extra environment for every service instance, as KEY=VALUE
+    /// (repeatable), set after each instance's own, to measure a
+    /// configuration other than the default, e.g. `--service-env
+    /// RUST_LOG=warn`. The report lists what was set.
     #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
     pub service_env: Vec<(String, String)>,
     /// A quick check that everything runs: a few hundred requests per
@@ -86,6 +134,19 @@ pub enum ProfileMode {
     Always,
     /// Never.
     Never,
+}
+
+impl Instance {
+    /// `**name** (`KEY=VALUE`): about`.
+    fn describe(&self) -> String {
+        let env = self.env.iter().map(|(key, value)| format!("{key}={value}"));
+        let env = env.collect::<Vec<_>>().join(" ");
+        let env = match env.is_empty() {
+            true => String::new(),
+            false => format!(" (`{env}`)"),
+        };
+        format!("**{}**{env}: {}", server(self.target), self.about)
+    }
 }
 
 /// Parses `KEY=VALUE`.
@@ -144,7 +205,7 @@ fn settings(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Settings> {
         smoke,
         smoke_requests: smoke.then_some(SMOKE_REQUESTS),
         echo_payload_bytes: load::sample()?.encoded_len(),
-        consignment_store: "in memory (SHIPPY_DATABASE_URL=memory://)".to_owned(),
+        consignment_instances: INSTANCES.iter().map(Instance::describe).collect(),
         service_log_level: "the services' default (info; a line per call)".to_owned(),
         binaries: binaries.join("/".as_ref()).to_string_lossy().into_owned(),
         service_env: args
@@ -168,66 +229,37 @@ async fn run(args: &SuiteArgs, bin_dir: PathBuf) -> anyhow::Result<Report> {
     eprintln!("==> registration and deregistration, {samples} samples per service");
     // With vessel-service registered, consignment-service's starts include
     // its first discovery read, as in production.
-    let (vessel, vessel_times) = registration(&lab, VesselService, samples).await?;
-    let (consignment, consignment_times) = registration(&lab, ConsignmentService, samples).await?;
+    let vessel_times = registration(&lab, VesselService, &[], samples).await?;
+    let (vessel, _) = lab
+        .start_service(VesselService, &[], "vessel-service")
+        .await?;
+    let consignment_times = registration(&lab, ConsignmentService, &[MEMORY_STORE], samples);
+    let consignment_times = consignment_times.await?;
+    let mut consignments = Vec::new();
+    for Instance { log, env, .. } in &INSTANCES {
+        consignments.push(lab.start_service(ConsignmentService, env, log).await?.0);
+    }
     let echo = lab.start_echo(None, "echo").await?;
     let relay = lab.start_echo(Some(&echo.address), "relay").await?;
     tokio::time::sleep(SETTLE).await;
-    let (vessel_pid, consignment_pid) = (vessel.process.pid(), consignment.process.pid());
-    let services = [
-        (VesselService, vessel_pid),
-        (ConsignmentService, consignment_pid),
-    ];
-    let idle = services.map(|(_, pid)| status_kb(pid, "VmRSS:"));
-    let echo_idle_rss_kb = status_kb(echo.process.pid(), "VmRSS:")?;
 
-    // In the order of TARGETS, and of WORKERS after the load generator.
-    let children = [&echo, &relay, &consignment, &vessel];
+    // Each call's server, in the order of TARGETS.
+    let mut servers = vec![(Echo, &echo), (Relay, &relay), (Find, &vessel)];
+    servers.extend(INSTANCES.iter().map(|i| i.target).zip(&consignments));
+    servers.sort_by_key(|(kind, _)| TARGETS.iter().position(|t| t == kind));
     let mut targets = Vec::new();
-    for (kind, child) in TARGETS.into_iter().zip(children) {
-        targets.push(Target::connect(kind, &child.address, None).await?);
+    for (kind, child) in &servers {
+        targets.push(Target::connect(*kind, &child.address, None).await?);
     }
-    let pids = [std::process::id()]
-        .into_iter()
-        .chain(children.map(|c| c.process.pid()));
-    let workers = WORKERS.into_iter().zip(pids).collect();
-    let rig = Rig {
-        lab: &lab,
-        settings: &settings,
-        services,
-        workers,
-    };
-    let mut windows = Vec::new();
-    for round in 1..=settings.rounds {
-        eprintln!("==> round {round} of {}", settings.rounds);
-        for concurrency in settings.concurrency {
-            let mut order: Vec<&Target> = targets.iter().collect();
-            if round % 2 == 0 {
-                order.reverse();
-            }
-            for target in order {
-                let window = rig.window(round, target, concurrency).await?;
-                eprintln!("    {}", window.summary.describe().replace('\n', "\n    "));
-                windows.push(window);
-            }
-        }
-    }
-    let created = windows
+    let rig = Rig::new(&lab, &settings, &servers);
+    let idle: Vec<_> = rig
+        .services
         .iter()
-        .filter(|w| w.summary.target == TargetKind::Create);
-    let created = created.map(|w| w.summary.requests).sum();
-    let mut memory = Vec::new();
-    for ((service, pid), idle_kb) in services.into_iter().zip(idle) {
-        let peaks = windows.iter().filter_map(|w| w.rss_peak_kb.get(&service));
-        memory.push(Memory {
-            service,
-            idle_kb: idle_kb?,
-            under_load_peak_kb: peaks.copied().max().unwrap_or(0),
-            after_load_kb: status_kb(pid, "VmRSS:")?,
-            high_water_kb: status_kb(pid, "VmHWM:")?,
-            consignments_stored: (service == ConsignmentService).then_some(created),
-        });
-    }
+        .map(|s| status_kb(s.2, "VmRSS:"))
+        .collect();
+    let echo_idle_rss_kb = status_kb(echo.process.pid(), "VmRSS:")?;
+    let windows = rig.rounds(&targets).await?;
+    let memory = rig.memory(idle, &windows)?;
 
     let mut report = Report {
         machine,
@@ -246,45 +278,49 @@ async fn run(args: &SuiteArgs, bin_dir: PathBuf) -> anyhow::Result<Report> {
         ProfileMode::Auto => report.concurrencies_to_profile(),
     };
     if !profiled.is_empty() {
-        report.profile = Some(rig.profile(&profiled, &targets[2]).await);
+        let create = targets
+            .iter()
+            .find(|t| t.kind == Create)
+            .context("no e2e call")?;
+        report.profile = Some(rig.profile(&profiled, create).await);
     }
 
     // The long-running instances stop last, after the load: one more
     // deregistration sample each, under a full store and warm connections.
     drop((relay, echo));
-    let registration = report.registration.iter_mut().rev();
-    for (times, service) in registration.zip([consignment, vessel]) {
-        let took = lab.stop_service(service).await?;
-        times.deregistration_ms.push(ms(took));
+    let stopping = consignments.into_iter().map(|c| (ConsignmentService, c));
+    for (kind, service) in stopping.chain([(VesselService, vessel)]) {
+        let took = ms(lab.stop_service(service).await?);
+        let times = report.registration.iter_mut().filter(|t| t.service == kind);
+        times.for_each(|t| t.deregistration_ms.push(took));
     }
     report.load_average = [load_at_start, processes::load_average()];
     report.evaluate();
     Ok(report)
 }
 
-/// Starts and stops `kind` `samples` times, timing registration and
-/// deregistration; then starts the instance that stays up.
+/// Starts `kind` with `env` and stops it `samples` times, timing
+/// registration and deregistration.
 async fn registration(
     lab: &Lab,
     kind: ServiceKind,
+    env: &[(&str, &str)],
     samples: u32,
-) -> anyhow::Result<(Child, Registration)> {
+) -> anyhow::Result<Registration> {
     let (name, mut registration_ms, mut deregistration_ms) = (kind.binary(), vec![], vec![]);
     for sample in 0..samples {
         let sample = format!("{name}-sample-{sample}");
-        let (child, took) = lab.start_service(kind, &sample).await?;
+        let (child, took) = lab.start_service(kind, env, &sample).await?;
         registration_ms.push(ms(took));
         deregistration_ms.push(ms(lab.stop_service(child).await?));
     }
     let (registered, deregistered) = (spread_ms(&registration_ms), spread_ms(&deregistration_ms));
     eprintln!("    {name}: registration {registered}, deregistration {deregistered}");
-    let (child, _) = lab.start_service(kind, name).await?;
-    let times = Registration {
+    Ok(Registration {
         service: kind,
         registration_ms,
         deregistration_ms,
-    };
-    Ok((child, times))
+    })
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -296,11 +332,83 @@ fn ms(duration: Duration) -> f64 {
 struct Rig<'a> {
     lab: &'a Lab,
     settings: &'a Settings,
-    services: [(ServiceKind, u32); 2],
+    /// Each service instance: the call it serves, its name in WORKERS, pid.
+    services: Vec<(TargetKind, &'static str, u32)>,
+    /// Each of the WORKERS: name, pid.
     workers: Vec<(&'static str, u32)>,
 }
 
-impl Rig<'_> {
+impl<'a> Rig<'a> {
+    /// A rig for `servers`, each call's server: they and the load generator
+    /// are the workers, and all but the floors are the services.
+    fn new(lab: &'a Lab, settings: &'a Settings, servers: &[(TargetKind, &Child)]) -> Self {
+        let servers = servers
+            .iter()
+            .map(|(kind, c)| (*kind, server(*kind), c.process.pid()));
+        let servers: Vec<_> = servers.collect();
+        let workers = servers.iter().map(|&(_, name, pid)| (name, pid));
+        let workers = iter::once((LOAD_GENERATOR, std::process::id())).chain(workers);
+        let services = servers
+            .iter()
+            .filter(|(kind, ..)| !matches!(kind, Echo | Relay));
+        Self {
+            lab,
+            settings,
+            services: services.copied().collect(),
+            workers: workers.collect(),
+        }
+    }
+
+    /// Every round's windows: each call at concurrency 1, then at the high
+    /// one, in reverse order every other round.
+    async fn rounds(&self, targets: &[Target]) -> anyhow::Result<Vec<Window>> {
+        let (rounds, mut windows) = (self.settings.rounds, Vec::new());
+        for round in 1..=rounds {
+            eprintln!("==> round {round} of {rounds}");
+            for concurrency in self.settings.concurrency {
+                let mut order: Vec<&Target> = targets.iter().collect();
+                if round % 2 == 0 {
+                    order.reverse();
+                }
+                for target in order {
+                    let window = self.window(round, target, concurrency).await?;
+                    eprintln!("    {}", window.summary.describe().replace('\n', "\n    "));
+                    windows.push(window);
+                }
+            }
+        }
+        Ok(windows)
+    }
+
+    /// Each service's memory after `windows`, given its `idle` size.
+    fn memory(
+        &self,
+        idle: Vec<anyhow::Result<u64>>,
+        windows: &[Window],
+    ) -> anyhow::Result<Vec<Memory>> {
+        let requests = |kind| {
+            let windows = windows.iter().filter(move |w| w.summary.target == kind);
+            windows.map(|w| w.summary.requests).sum()
+        };
+        let in_memory = |kind| {
+            let mut instances = INSTANCES.iter();
+            instances.any(|i| i.target == kind && i.env.contains(&MEMORY_STORE))
+        };
+        let mut memory = Vec::new();
+        for (&(kind, name, pid), idle_kb) in self.services.iter().zip(idle) {
+            let peaks = windows.iter().filter_map(|w| w.rss_peak_kb.get(name));
+            memory.push(Memory {
+                service: name.to_owned(),
+                idle_kb: idle_kb?,
+                under_load_peak_kb: peaks.copied().max().unwrap_or(0),
+                after_load_kb: status_kb(pid, "VmRSS:")?,
+                high_water_kb: status_kb(pid, "VmHWM:")?,
+                consignments_stored: in_memory(kind).then(|| requests(kind)),
+            });
+        }
+        Ok(memory)
+    }
+
     /// The load of each window at `concurrency`.
     fn load(&self, concurrency: u32) -> LoadOptions {
         let settings = self.settings;
@@ -332,13 +440,13 @@ impl Rig<'_> {
             anyhow::Ok((summary, before, after))
         };
         tokio::pin!(measured);
-        let mut rss_peak_kb = BTreeMap::from(self.services.map(|(kind, _)| (kind, 0)));
+        let mut rss_peak_kb = BTreeMap::new();
         let mut tick = tokio::time::interval(RSS_INTERVAL);
         let (summary, (etcd_before, cpu_before), (cpu_after, etcd_after)) = loop {
             tokio::select! {
                 measured = &mut measured => break measured?,
-                _ = tick.tick() => for (kind, pid) in self.services {
-                    let peak = rss_peak_kb.entry(kind).or_insert(0);
+                _ = tick.tick() => for &(_, name, pid) in &self.services {
+                    let peak = rss_peak_kb.entry(name.to_owned()).or_insert(0);
                     *peak = status_kb(pid, "VmRSS:").map_or(*peak, |kb| kb.max(*peak));
                 },
             }
@@ -356,11 +464,13 @@ impl Rig<'_> {
         })
     }
 
-    /// One more end-to-end window per concurrency in `concurrencies`, with
-    /// `perf` sampling both services; a profile that could not be taken
-    /// says why.
+    /// One more window of `create` per concurrency in `concurrencies`, with
+    /// `perf` sampling vessel-service and the consignment-service instance
+    /// that serves it; a profile that could not be taken says why.
     async fn profile(&self, concurrencies: &[u32], create: &Target) -> Outcome {
-        let processes = self.services.map(|(kind, pid)| (kind.binary(), pid));
+        let services = self.services.iter();
+        let services = services.filter(|(kind, ..)| [create.kind, Find].contains(kind));
+        let processes: Vec<_> = services.map(|&(_, name, pid)| (name, pid)).collect();
         let mut profiles = Vec::new();
         for &concurrency in concurrencies {
             eprintln!(

@@ -31,8 +31,9 @@ fn a_smoke_run_measures_everything_and_no_call_fails() {
     let json = std::fs::read_to_string(out.path().join("BENCHMARKS.json")).unwrap();
     let report: Value = serde_json::from_str(&json).unwrap();
     let windows = report["windows"].as_array().unwrap();
-    // echo, relay, end to end and FindAvailable, at two concurrencies.
-    assert_eq!(windows.len(), 8, "{json}");
+    // echo, relay, end to end against three consignment-service instances
+    // and FindAvailable, at two concurrencies.
+    assert_eq!(windows.len(), 12, "{json}");
     for window in windows {
         let summary = &window["summary"];
         assert_eq!(summary["errors"], 0, "{summary}");
