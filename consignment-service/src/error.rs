@@ -27,6 +27,14 @@ pub enum ConsignmentError {
     /// The caller's deadline passed while waiting for vessel-service.
     #[error("deadline exceeded while asking {0} for a vessel")]
     DeadlineExceeded(String),
+    /// A consignment, or the consignments an unpaged GetConsignments asks
+    /// for, would not fit in one gRPC message; the text says what to do.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The store's disk (or the filesystem holding its data) is full; the
+    /// detail, for the log, is what the store said.
+    #[error("the consignment store's disk is full: {0}")]
+    DiskFull(String),
     /// The consignment store cannot be reached, or is too busy, right now.
     /// When this cuts a commit short, the consignment may or may not have
     /// been stored: retry with the same id to find out (ALREADY_EXISTS).
@@ -55,6 +63,15 @@ impl From<ConsignmentError> for tonic::Status {
             ConsignmentError::NoVesselFits(_) => Self::not_found(err.to_string()),
             ConsignmentError::VesselUnavailable(_) => Self::unavailable(err.to_string()),
             ConsignmentError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),
+            ConsignmentError::TooLarge(_) => Self::resource_exhausted(err.to_string()),
+            // UNAVAILABLE rather than RESOURCE_EXHAUSTED: nothing about the
+            // request is wrong, and the same call succeeds once an operator
+            // frees space (consignment-cli reports it as a service failure,
+            // exit 1, not as bad input).
+            ConsignmentError::DiskFull(detail) => {
+                error!(error = %detail, "the consignment store's disk is full");
+                Self::unavailable("the consignment store's disk is full")
+            }
             ConsignmentError::StoreUnavailable(detail) => {
                 error!(error = %detail, "consignment store unavailable");
                 Self::unavailable("the consignment store is unavailable")
