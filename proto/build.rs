@@ -1,8 +1,8 @@
 //! Compiles the shippy .proto files into Rust with tonic-prost-build, and
 //! writes their descriptors for server reflection.
 //!
-//! protoc comes from the `PROTOC` environment variable; the Makefile points it
-//! at a protox binary installed under `.tools/` so no system protoc is needed.
+//! protoc is the one `PROTOC` names, else `protoc` on the PATH; `make`
+//! installs Debian's when it is missing.
 
 /// The consignment messages that also have a JSON form: the consignment file
 /// consignment-cli reads and the `--json` it prints are these messages, so

@@ -1,26 +1,25 @@
-//! The floors: a raw tonic unary echo service, one hop, no work behind it;
-//! and a relay that answers each call by making it to the echo service, two
-//! hops, as consignment-service calls vessel-service.
-//!
-//! Each runs in its own process (`shippy-bench echo-server`, with
-//! `--forward` for the relay), as the services do, on a plain
-//! `tonic::transport::Server` with Nagle's algorithm off like theirs, and
-//! none of their layers: no request log, no health or reflection routes.
-//! The relay calls through a lazily connected tonic `Channel`, as
-//! consignment-service does. Whatever the services take beyond these is
-//! their own cost.
+//! The floors: a raw tonic unary echo service, one hop with no work behind
+//! it; and a relay that makes each call to the echo service over a lazily
+//! connected tonic channel, two hops, as consignment-service calls
+//! vessel-service. Each runs in its own process (`shippy-bench echo-server`,
+//! with `--forward` for the relay) on a plain tonic `Server` with Nagle's
+//! algorithm off, as the services do, and none of their layers (request log,
+//! health, reflection): what the services take beyond these is their own.
 
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 
 use anyhow::Context;
+use clap::Args;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
-use crate::config::EchoServerArgs;
+use pb::EchoMessage;
+use pb::echo_client::EchoClient;
 
 /// The generated echo messages and stubs.
 #[allow(missing_docs, clippy::all)]
@@ -28,60 +27,52 @@ pub mod pb {
     tonic::include_proto!("shippy.bench.v1");
 }
 
-/// Answers every call with the message it was sent.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EchoHandler;
-
-#[tonic::async_trait]
-impl pb::echo_server::Echo for EchoHandler {
-    async fn echo(
-        &self,
-        request: Request<pb::EchoMessage>,
-    ) -> Result<Response<pb::EchoMessage>, Status> {
-        Ok(Response::new(request.into_inner()))
-    }
+/// `shippy-bench echo-server`.
+#[derive(Debug, Clone, Args)]
+pub struct EchoServerArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Relay instead: answer each call by making it to the echo server at
+    /// this `host:port` and returning its answer.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub forward: Option<String>,
 }
 
-/// Answers every call with what the echo server it forwards to answers.
+/// Answers every call with its own message, or, as the relay, with what the
+/// echo server behind it answers.
 #[derive(Debug, Clone)]
-pub struct RelayHandler {
-    /// The echo server, over one lazily connected channel.
-    backend: pb::echo_client::EchoClient<Channel>,
-}
+pub struct Floor(Option<EchoClient<Channel>>);
 
-impl RelayHandler {
-    /// A relay to the echo server at `address` (`host:port`).
-    pub fn new(address: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .with_context(|| format!("{address} is not a usable address"))?
-            .connect_lazy();
-        Ok(Self {
-            backend: pb::echo_client::EchoClient::new(channel),
-        })
+impl Floor {
+    /// The echo floor; with `forward` (`host:port`), the relay to it.
+    pub fn new(forward: Option<&str>) -> anyhow::Result<Self> {
+        let Some(address) = forward else {
+            return Ok(Self(None));
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .with_context(|| format!("{address} is not a usable address"))?;
+        Ok(Self(Some(EchoClient::new(endpoint.connect_lazy()))))
     }
 }
 
 #[tonic::async_trait]
-impl pb::echo_server::Echo for RelayHandler {
-    async fn echo(
-        &self,
-        request: Request<pb::EchoMessage>,
-    ) -> Result<Response<pb::EchoMessage>, Status> {
-        let answer = self
-            .backend
-            .clone()
-            .echo(request.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(answer))
+impl pb::echo_server::Echo for Floor {
+    async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        match &self.0 {
+            None => Ok(Response::new(request.into_inner())),
+            Some(backend) => {
+                let answer = backend.clone().echo(request.into_inner()).await?;
+                Ok(Response::new(answer.into_inner()))
+            }
+        }
     }
 }
 
-/// Serves `handler` (an [`EchoHandler`] or a [`RelayHandler`]) on
-/// `listener` until `shutdown` resolves.
-pub async fn serve<H: pb::echo_server::Echo>(
+/// Serves `floor` on `listener` until `shutdown` resolves.
+pub async fn serve(
     listener: TcpListener,
-    handler: H,
+    floor: Floor,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let incoming = TcpListenerStream::new(listener).map(|accepted| {
@@ -90,76 +81,22 @@ pub async fn serve<H: pb::echo_server::Echo>(
         Ok::<_, std::io::Error>(stream)
     });
     Server::builder()
-        .add_service(pb::echo_server::EchoServer::new(handler))
+        .add_service(pb::echo_server::EchoServer::new(floor))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("echo server stopped")
 }
 
-/// `shippy-bench echo-server`: binds, says where on stdout, serves until
-/// SIGINT or SIGTERM.
+/// `shippy-bench echo-server`: binds, says where on stdout, and serves until
+/// the process is killed (the suite kills it; nothing needs a clean stop).
 pub async fn run_command(args: &EchoServerArgs) -> anyhow::Result<()> {
+    let floor = Floor::new(args.forward.as_deref())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {address}")?;
+    writeln!(stdout, "listening on {}", listener.local_addr()?)?;
     stdout.flush()?;
     drop(stdout);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    let stop = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    };
-    match &args.forward {
-        Some(backend) => serve(listener, RelayHandler::new(backend)?, stop).await,
-        None => serve(listener, EchoHandler, stop).await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn start<H: pb::echo_server::Echo>(
-        handler: H,
-    ) -> (
-        std::net::SocketAddr,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, handler, async {
-            let _ = stopped.await;
-        }));
-        (address, stop, server)
-    }
-
-    #[tokio::test]
-    async fn it_echoes_the_payload_directly_and_through_a_relay() {
-        let (backend, _stop_backend, _) = start(EchoHandler).await;
-        let (relay, stop, server) = start(RelayHandler::new(&backend.to_string()).unwrap()).await;
-        let payload = vec![7u8; 321];
-        for address in [backend, relay] {
-            let mut client = pb::echo_client::EchoClient::connect(format!("http://{address}"))
-                .await
-                .unwrap();
-            let answer = client
-                .echo(pb::EchoMessage {
-                    payload: payload.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(answer.payload, payload, "{address}");
-        }
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
-    }
+    serve(listener, floor, std::future::pending()).await
 }

@@ -1,154 +1,141 @@
-//! Where the services spend their time under load, from `perf`.
+//! Where the services spend their CPU time under load, from `perf`.
 //!
-//! While the load generator runs an end-to-end window, `perf record`
-//! samples both service processes on the `cpu-clock` event with DWARF call
-//! stacks (release binaries have no frame pointers but do have unwind
-//! tables and symbols). Each sample is then charged to one area: the first
-//! frame, from the leaf up, that belongs to a library or to shippy's own
-//! code, skipping the standard library, libc and the kernel, so a `write`
-//! system call made to print a log line is charged to logging and one that
-//! sends an HTTP/2 frame to socket I/O. A sample whose leaf is `malloc` or
-//! `free` is charged to allocation. The kernel's share, the system calls
-//! behind it, and the hottest leaf functions are listed as well.
-//!
-//! `cpu-clock` works in virtual machines without hardware counters; what it
-//! counts is CPU time, not time spent waiting, which the report's per-request
-//! CPU figures and latency split cover.
+//! `perf record` samples both service processes on the `cpu-clock` event
+//! (which works in virtual machines without hardware counters) with DWARF
+//! call stacks, since release binaries have unwind tables but no frame
+//! pointers. Each sample is charged to one area: the first frame from the
+//! leaf up that belongs to a library or to shippy, skipping std, libc and
+//! the kernel, so a `write` made to print a log line counts as logging and
+//! one that sends an HTTP/2 frame as socket I/O; a sample whose leaf is
+//! `malloc` or `free` counts as allocation.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 /// Samples per second per CPU.
-const FREQUENCY_HZ: u32 = 499;
+pub const FREQUENCY_HZ: u32 = 499;
 /// Bytes of user stack copied per sample for DWARF unwinding.
 const STACK_BYTES: u32 = 16_384;
-/// Rows shown per table.
+/// Rows kept of the system call and leaf function rankings.
 const TOP: usize = 10;
 
-/// Profiles taken, or why none could be.
-#[derive(Debug, Clone, Serialize)]
+const LOGGING: &str = "logging and spans (tracing)";
+const SOCKET: &str = "socket I/O (tokio::net, mio), with its system calls";
+/// The tokio scheduler's area.
+pub const SCHEDULER: &str = "tokio scheduler: parking, wake-ups, timers";
+const ALLOCATION: &str = "memory allocation (malloc, free)";
+const UNRESOLVED: &str = "kernel or libc, caller not resolved";
+
+/// Areas, each with the crates charged to it after ` = `, separated by
+/// `; `; a crate not listed is an area of its own. The shippy crates are
+/// one area, whichever crate the code is in.
+const AREAS: &str = "\
+    logging and spans (tracing) = tracing_subscriber tracing_core tracing tracing_log \
+    sharded_slab nu_ansi_term; \
+    HTTP/2 framing and streams (h2) = h2 tokio_util; \
+    HTTP (hyper) = hyper hyper_util http http_body http_body_util httparse; \
+    gRPC (tonic) = tonic tonic_prost; \
+    protobuf and buffers (prost, bytes) = prost bytes; \
+    tower middleware (buffer, reconnect) = tower tower_layer tower_service; \
+    tokio scheduler: parking, wake-ups, timers = tokio mio parking_lot parking_lot_core \
+    crossbeam_utils; \
+    shippy's own code (handlers, pool, request log) = shippy_registry shippy_server \
+    shippy_client consignment_service vessel_service shippy_proto; \
+    random ids (uuid, getrandom) = uuid getrandom rand rand_core rand_chacha; \
+    etcd client (keep-alives, watches) = etcd_client; \
+    JSON (serde) = serde serde_json";
+/// Glue crates: a sample in them is charged to their caller.
+const GLUE: &str = "std core alloc futures_util futures_core futures pin_project_lite";
+/// Module paths charged to socket I/O whatever their crate.
+const SOCKET_PATHS: [&str; 4] = ["tokio::net", "tokio::io", "mio::net", "mio::io_source"];
+/// glibc's allocator functions (`_int_free` and `_int_malloc` also as
+/// `name.part.0` and the like).
+const ALLOCATOR: &str = "malloc free realloc calloc cfree __libc_free __libc_malloc _int_malloc \
+    _int_free _int_realloc malloc_consolidate unlink_chunk.constprop.0 tcache_get tcache_put";
+
+/// The profiles taken (one per concurrency profiled), or why none could be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    /// One profile per concurrency profiled.
-    Taken {
-        /// The profiles.
-        profiles: Vec<Profile>,
-    },
-    /// Why no profile was taken.
-    NotTaken {
-        /// The reason.
-        reason: String,
-    },
+    Taken { profiles: Vec<Profile> },
+    NotTaken { reason: String },
 }
 
-/// One profiled window.
-#[derive(Debug, Clone, Serialize)]
+/// One profiled window: its concurrency, how long perf sampled, and the
+/// CreateConsignment calls per second meanwhile (below the unprofiled
+/// figure, since perf slows the services down).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
-    /// Callers at once during the window.
     pub concurrency: u32,
-    /// Seconds `perf` sampled.
     pub seconds: f64,
-    /// Successful CreateConsignment calls per second meanwhile (perf slows
-    /// the services down, so this is below the unprofiled figure).
     pub throughput: f64,
-    /// Each service's breakdown.
     pub processes: Vec<ProcessProfile>,
 }
 
-/// One share of a process's samples.
-#[derive(Debug, Clone, Serialize)]
+/// A share of a process's samples, in percent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Share {
-    /// What the share is of.
     pub name: String,
-    /// Percent of the process's samples.
     pub percent: f64,
 }
 
-/// Where one process spent its CPU time.
-#[derive(Debug, Clone, Serialize)]
+/// Where one service spent its CPU time, in percent of its samples: in the
+/// kernel; with a tracing frame anywhere in the stack (logging); inside its
+/// gRPC handler, with what that calls; by the area each sample is charged
+/// to; kernel samples by the libc call that entered the kernel; and the
+/// hottest leaf functions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessProfile {
-    /// The binary.
     pub name: String,
-    /// Samples taken.
     pub samples: u64,
-    /// Percent of samples in the kernel.
     pub kernel_percent: f64,
-    /// Percent of samples with a logging (tracing) frame anywhere in the stack.
     pub logging_inclusive_percent: f64,
-    /// Percent of samples inside the service's own handler (the gRPC method
-    /// implementation, including what it calls).
     pub handler_inclusive_percent: f64,
-    /// Samples by the area charged.
     pub areas: Vec<Share>,
-    /// Kernel samples by the libc call that entered the kernel.
     pub system_calls: Vec<Share>,
-    /// The hottest leaf functions.
     pub top_functions: Vec<Share>,
 }
 
 /// Samples `processes` (name, pid) with perf for `window`, starting after
 /// `warmup`, while `load` runs; `load` yields the throughput it measured.
+/// perf's data goes to `dir`.
 pub async fn under_load(
-    processes: &[(String, u32)],
+    processes: &[(&str, u32)],
     concurrency: u32,
-    warmup: Duration,
-    window: Duration,
+    (warmup, window): (Duration, Duration),
     dir: &Path,
     load: impl Future<Output = anyhow::Result<f64>>,
 ) -> anyhow::Result<Profile> {
-    let perf_version = Command::new("perf").arg("--version").output().await;
-    if !perf_version.is_ok_and(|output| output.status.success()) {
+    if perf(&["--version"]).await.is_err() {
         bail!("perf is not installed (Debian: apt-get install linux-perf)");
     }
     let data = dir.join(format!("perf-c{concurrency}.data"));
-    let pids = processes
-        .iter()
-        .map(|(_, pid)| pid.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let record = async {
+    let data = data.to_str().context("the temporary path is not UTF-8")?;
+    let pids: Vec<String> = processes.iter().map(|(_, pid)| pid.to_string()).collect();
+    let pids = pids.join(",");
+    let seconds = window.as_secs_f64();
+    let flags = format!(
+        "-e cpu-clock -F {FREQUENCY_HZ} --call-graph dwarf,{STACK_BYTES} -p {pids} -- sleep \
+         {seconds:.1}"
+    );
+    let record: Vec<&str> = ["record", "-o", data]
+        .into_iter()
+        .chain(flags.split(' '))
+        .collect();
+    let (throughput, recorded) = tokio::join!(load, async {
         tokio::time::sleep(warmup).await;
-        Command::new("perf")
-            .arg("record")
-            .args(["-e", "cpu-clock", "-F", &FREQUENCY_HZ.to_string()])
-            .args(["--call-graph", &format!("dwarf,{STACK_BYTES}")])
-            .args(["-p", &pids, "-o"])
-            .arg(&data)
-            .args(["--", "sleep", &format!("{:.1}", window.as_secs_f64())])
-            .stdout(Stdio::null())
-            .output()
-            .await
-    };
-    let (throughput, recorded) = tokio::join!(load, record);
-    let recorded = recorded.context("running perf record")?;
-    if !recorded.status.success() {
-        bail!(
-            "perf record failed: {}",
-            String::from_utf8_lossy(&recorded.stderr).trim()
-        );
-    }
-    let script = Command::new("perf")
-        .args(["script", "--no-inline", "-F", "pid,ip,sym,dso", "-i"])
-        .arg(&data)
-        .env("DEBUGINFOD_URLS", "")
-        .output()
-        .await
-        .context("running perf script")?;
-    if !script.status.success() {
-        bail!(
-            "perf script failed: {}",
-            String::from_utf8_lossy(&script.stderr).trim()
-        );
-    }
-    let _ = std::fs::remove_file(&data);
+        perf(&record).await
+    });
+    let recorded = recorded?;
+    let script = perf(&["script", "--no-inline", "-F", "pid,ip,sym,dso", "-i", data]).await?;
+    let _ = std::fs::remove_file(data);
     let text = String::from_utf8_lossy(&script.stdout);
     let samples = parse_script(&text);
     if samples.is_empty() {
@@ -158,19 +145,29 @@ pub async fn under_load(
             text.lines().take(3).collect::<Vec<_>>().join(" / ")
         );
     }
-    let seconds = window.as_secs_f64();
+    let summaries = processes.iter().map(|(name, pid)| {
+        let own: Vec<&Sample> = samples.iter().filter(|s| s.pid == *pid).collect();
+        summarise(name, &own)
+    });
     Ok(Profile {
         concurrency,
         seconds,
         throughput: throughput?,
-        processes: processes
-            .iter()
-            .map(|(name, pid)| {
-                let own: Vec<&Sample> = samples.iter().filter(|s| s.pid == *pid).collect();
-                summarise(name, &own)
-            })
-            .collect(),
+        processes: summaries.collect(),
     })
+}
+
+/// Runs `perf` with `args`; its output, once it has succeeded.
+async fn perf(args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = Command::new("perf");
+    let output = command.args(args).env("DEBUGINFOD_URLS", "").output().await;
+    let output = output.context("running perf")?;
+    if !output.status.success() {
+        let (what, stderr) = (args.first().unwrap_or(&""), output.stderr);
+        let stderr = String::from_utf8_lossy(&stderr);
+        bail!("perf {what} failed: {}", stderr.trim());
+    }
+    Ok(output)
 }
 
 /// One stack frame.
@@ -203,29 +200,18 @@ fn parse_script(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut current: Option<Sample> = None;
     for line in text.lines() {
-        if line.trim().is_empty() {
+        if !line.starts_with(char::is_whitespace) || line.trim().is_empty() {
             samples.extend(current.take());
-        } else if line.starts_with(char::is_whitespace) {
-            if let Some(sample) = current.as_mut() {
-                let rest = line.trim();
-                let rest = rest.split_once(' ').map_or("", |(_, rest)| rest);
-                let (symbol, dso) = match rest.rsplit_once(" (") {
-                    Some((symbol, dso)) => (symbol, dso.trim_end_matches(')')),
-                    None => (rest, ""),
-                };
-                sample.frames.push(Frame {
-                    symbol: symbol.to_owned(),
-                    dso: dso.to_owned(),
-                });
-            }
-        } else {
-            samples.extend(current.take());
-            if let Ok(pid) = line.trim().parse() {
-                current = Some(Sample {
-                    pid,
-                    frames: Vec::new(),
-                });
-            }
+            let pid = line.trim().parse().ok();
+            current = pid.map(|pid| Sample {
+                pid,
+                frames: vec![],
+            });
+        } else if let Some(sample) = current.as_mut() {
+            let rest = line.trim().split_once(' ').map_or("", |(_, rest)| rest);
+            let (symbol, dso) = rest.rsplit_once(" (").unwrap_or((rest, ""));
+            let (symbol, dso) = (symbol.to_owned(), dso.trim_end_matches(')').to_owned());
+            sample.frames.push(Frame { symbol, dso });
         }
     }
     samples.extend(current);
@@ -235,141 +221,68 @@ fn parse_script(text: &str) -> Vec<Sample> {
 /// The leading path segment (the crate) of a Rust symbol, if it has one.
 fn crate_of(symbol: &str) -> Option<&str> {
     let path = symbol.trim_start_matches('<');
-    let end = path.find("::")?;
-    let name = &path[..end];
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    valid.then_some(name)
+    let name = &path[..path.find("::")?];
+    let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    (!name.is_empty() && name.bytes().all(valid)).then_some(name)
 }
 
-const LOGGING: &str = "logging and spans (tracing)";
-const SOCKET: &str = "socket I/O (tokio::net, mio), with its system calls";
-const SCHEDULER: &str = "tokio scheduler: parking, wake-ups, timers";
-const ALLOCATION: &str = "memory allocation (malloc, free)";
-const UNRESOLVED: &str = "kernel or libc, caller not resolved";
-
-/// Crates that are glue: a sample in them is charged to their caller.
-fn is_glue(name: &str) -> bool {
-    matches!(
-        name,
-        "std" | "core" | "alloc" | "futures_util" | "futures_core" | "futures" | "pin_project_lite"
-    )
-}
-
-/// The area a crate's frames are charged to.
+/// The area a frame of crate `name` is charged to.
 fn area_of(name: &str, symbol: &str) -> String {
     let path = symbol.trim_start_matches('<');
-    let socket = ["tokio::net", "tokio::io", "mio::net", "mio::io_source"]
-        .iter()
-        .any(|prefix| path.starts_with(prefix));
-    match name {
-        _ if socket => SOCKET,
-        "tracing_subscriber" | "tracing_core" | "tracing" | "tracing_log" | "sharded_slab"
-        | "nu_ansi_term" => LOGGING,
-        "h2" | "tokio_util" => "HTTP/2 framing and streams (h2)",
-        "hyper" | "hyper_util" | "http" | "http_body" | "http_body_util" | "httparse" => {
-            "HTTP (hyper)"
-        }
-        "tonic" | "tonic_prost" => "gRPC (tonic)",
-        "prost" | "bytes" => "protobuf and buffers (prost, bytes)",
-        "tower" | "tower_layer" | "tower_service" => "tower middleware (buffer, reconnect)",
-        "tokio" | "mio" | "parking_lot" | "parking_lot_core" | "crossbeam_utils" => SCHEDULER,
-        "shippy_registry" | "consignment_service" | "vessel_service" | "shippy_proto" => {
-            "shippy's own code (handlers, pool, request log)"
-        }
-        "uuid" | "getrandom" | "rand" | "rand_core" | "rand_chacha" => {
-            "random ids (uuid, getrandom)"
-        }
-        "etcd_client" => "etcd client (keep-alives, watches)",
-        "serde" | "serde_json" => "JSON (serde)",
-        other => return other.to_owned(),
+    if SOCKET_PATHS.iter().any(|prefix| path.starts_with(prefix)) {
+        return SOCKET.to_owned();
     }
-    .to_owned()
+    let mut areas = AREAS.split("; ").filter_map(|area| area.split_once(" = "));
+    let listed = areas.find(|(_, crates)| crates.split(' ').any(|c| c == name));
+    listed.map_or(name, |(area, _)| area).to_owned()
 }
 
 /// The area a sample is charged to.
 fn charge(sample: &Sample) -> String {
     let leaf_user = sample.frames.iter().find(|frame| !frame.in_kernel());
-    if let Some(frame) = leaf_user
-        && frame.in_libc()
-        && is_allocator(&frame.symbol)
-    {
+    let listed = |s: &str| ALLOCATOR.split(' ').any(|name| name == s);
+    let allocator =
+        |s: &str| listed(s) || s.starts_with("_int_free") || s.starts_with("_int_malloc");
+    if leaf_user.is_some_and(|frame| frame.in_libc() && allocator(&frame.symbol)) {
         return ALLOCATION.to_owned();
     }
-    for frame in &sample.frames {
-        if frame.in_kernel() || frame.in_libc() {
-            continue;
-        }
-        if let Some(name) = crate_of(&frame.symbol)
-            && !is_glue(name)
-        {
-            return area_of(name, &frame.symbol);
-        }
-    }
-    UNRESOLVED.to_owned()
-}
-
-fn is_allocator(symbol: &str) -> bool {
-    matches!(
-        symbol,
-        "malloc"
-            | "free"
-            | "realloc"
-            | "calloc"
-            | "cfree"
-            | "__libc_free"
-            | "__libc_malloc"
-            | "_int_malloc"
-            | "_int_free"
-            | "_int_realloc"
-            | "malloc_consolidate"
-            | "unlink_chunk.constprop.0"
-            | "tcache_get"
-            | "tcache_put"
-    ) || symbol.starts_with("_int_free")
-        || symbol.starts_with("_int_malloc")
+    let own = sample
+        .frames
+        .iter()
+        .filter(|f| !f.in_kernel() && !f.in_libc());
+    let mut crates = own.filter_map(|f| Some((crate_of(&f.symbol)?, &f.symbol)));
+    let first = crates.find(|(name, _)| !GLUE.split(' ').any(|glue| glue == *name));
+    let area = first.map(|(name, symbol)| area_of(name, symbol));
+    area.unwrap_or_else(|| UNRESOLVED.to_owned())
 }
 
 /// The libc function that entered the kernel, for a kernel sample.
 fn system_call(sample: &Sample) -> Option<String> {
-    let leaf = sample.frames.first()?;
-    if !leaf.in_kernel() {
+    if !sample.frames.first()?.in_kernel() {
         return None;
     }
-    Some(
-        sample
-            .frames
-            .iter()
-            .find(|frame| frame.in_libc())
-            .map_or_else(
-                || "none: interrupt, page fault or preemption".to_owned(),
-                |frame| {
-                    frame
-                        .symbol
-                        .trim_start_matches("__GI___libc_")
-                        .trim_start_matches("__GI_")
-                        .trim_start_matches("__libc_")
-                        .to_owned()
-                },
-            ),
-    )
+    let caller = sample.frames.iter().find(|frame| frame.in_libc());
+    Some(caller.map_or_else(
+        || "none: interrupt, page fault or preemption".to_owned(),
+        |frame| {
+            let symbol = frame.symbol.trim_start_matches("__GI___libc_");
+            let symbol = symbol.trim_start_matches("__GI_");
+            symbol.trim_start_matches("__libc_").to_owned()
+        },
+    ))
 }
 
 fn summarise(name: &str, samples: &[&Sample]) -> ProcessProfile {
     let total = samples.len() as u64;
-    let percent = |count: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            count as f64 * 100.0 / total as f64
-        }
+    let percent = |count: u64| match total {
+        0 => 0.0,
+        _ => count as f64 * 100.0 / total as f64,
     };
-    let mut areas: BTreeMap<String, u64> = BTreeMap::new();
-    let mut calls: BTreeMap<String, u64> = BTreeMap::new();
-    let mut leaves: BTreeMap<String, u64> = BTreeMap::new();
+    let [mut areas, mut calls, mut leaves] = [(); 3].map(|()| BTreeMap::<String, u64>::new());
     let (mut kernel, mut logging, mut handler) = (0, 0, 0);
+    let logs = |f: &Frame| crate_of(&f.symbol).is_some_and(|c| area_of(c, &f.symbol) == LOGGING);
+    let handlers = ["create_consignment", "find_available"];
+    let handles = |f: &Frame| handlers.iter().any(|h| f.symbol.contains(h));
     for sample in samples {
         *areas.entry(charge(sample)).or_insert(0) += 1;
         if let Some(call) = system_call(sample) {
@@ -377,32 +290,22 @@ fn summarise(name: &str, samples: &[&Sample]) -> ProcessProfile {
             *calls.entry(call).or_insert(0) += 1;
         }
         if let Some(leaf) = sample.frames.first() {
-            let label = if leaf.in_kernel() {
-                format!("[kernel] {}", leaf.symbol)
-            } else {
-                leaf.symbol.clone()
-            };
-            *leaves.entry(label).or_insert(0) += 1;
+            let kernel = if leaf.in_kernel() { "[kernel] " } else { "" };
+            let leaf = format!("{kernel}{}", leaf.symbol);
+            *leaves.entry(leaf).or_insert(0) += 1;
         }
-        let any = |test: &dyn Fn(&Frame) -> bool| sample.frames.iter().any(test);
-        if any(&|f| crate_of(&f.symbol).is_some_and(|c| area_of(c, &f.symbol) == LOGGING)) {
-            logging += 1;
-        }
-        if any(&|f| f.symbol.contains("create_consignment") || f.symbol.contains("find_available"))
-        {
-            handler += 1;
-        }
+        logging += u64::from(sample.frames.iter().any(logs));
+        handler += u64::from(sample.frames.iter().any(handles));
     }
     let ranked = |counts: BTreeMap<String, u64>, limit: usize| {
         let mut rows: Vec<_> = counts.into_iter().collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        rows.into_iter()
-            .take(limit)
-            .map(|(name, count)| Share {
-                name,
-                percent: percent(count),
-            })
-            .collect::<Vec<_>>()
+        let rows = rows.into_iter().take(limit);
+        rows.map(|(name, count)| Share {
+            name,
+            percent: percent(count),
+        })
+        .collect()
     };
     ProcessProfile {
         name: name.to_owned(),
@@ -413,122 +316,6 @@ fn summarise(name: &str, samples: &[&Sample]) -> ProcessProfile {
         areas: ranked(areas, usize::MAX),
         system_calls: ranked(calls, TOP),
         top_functions: ranked(leaves, TOP),
-    }
-}
-
-/// The profile section of BENCHMARKS.md.
-pub fn write_markdown(md: &mut String, outcome: &Outcome) -> std::fmt::Result {
-    let profiles = match outcome {
-        Outcome::NotTaken { reason } => {
-            return writeln!(md, "No profile was taken: {reason}.");
-        }
-        Outcome::Taken { profiles } => profiles,
-    };
-    writeln!(
-        md,
-        "`perf record -e cpu-clock -F {FREQUENCY_HZ} --call-graph dwarf` on both services during an \
-         extra end-to-end window (not one of the measured ones; perf slows them down). Each sample \
-         is charged to the first frame from the leaf up that belongs to a library or to shippy, \
-         skipping std, libc and the kernel, so system calls count toward whoever made them; a \
-         sample whose leaf is malloc or free counts as allocation."
-    )?;
-    for profile in profiles {
-        writeln!(md)?;
-        writeln!(md, "{}", in_short(profile))?;
-    }
-    for profile in profiles {
-        writeln!(md)?;
-        writeln!(
-            md,
-            "### Concurrency {} ({:.0} s sampled, {:.0} CreateConsignment/s under perf)",
-            profile.concurrency, profile.seconds, profile.throughput
-        )?;
-        for process in &profile.processes {
-            writeln!(md)?;
-            writeln!(
-                md,
-                "**{}**: {} samples; {:.0}% in the kernel; {:.0}% under logging (any tracing \
-                 frame in the stack); {:.0}% inside the handler itself (the gRPC method and \
-                 what it calls).",
-                process.name,
-                process.samples,
-                process.kernel_percent,
-                process.logging_inclusive_percent,
-                process.handler_inclusive_percent
-            )?;
-            writeln!(md)?;
-            writeln!(md, "| Area | Share |")?;
-            writeln!(md, "| --- | ---: |")?;
-            for share in process.areas.iter().filter(|share| share.percent >= 0.5) {
-                writeln!(md, "| {} | {:.1}% |", share.name, share.percent)?;
-            }
-            writeln!(md)?;
-            let list = |shares: &[Share]| {
-                shares
-                    .iter()
-                    .map(|share| format!("`{}` {:.1}%", short(&share.name), share.percent))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            writeln!(
-                md,
-                "Kernel time entered through: {}.",
-                list(&process.system_calls)
-            )?;
-            writeln!(md)?;
-            writeln!(
-                md,
-                "Hottest functions (self): {}.",
-                list(&process.top_functions)
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// One sentence per profile: how much of each service's CPU went to its
-/// handler, to logging, and to the gRPC stack and runtime around them.
-fn in_short(profile: &Profile) -> String {
-    let share = |process: &ProcessProfile, names: &[&str]| -> f64 {
-        process
-            .areas
-            .iter()
-            .filter(|area| names.iter().any(|name| area.name.starts_with(name)))
-            .map(|area| area.percent)
-            .sum()
-    };
-    let parts: Vec<String> = profile
-        .processes
-        .iter()
-        .map(|process| {
-            format!(
-                "{} spends {:.0}% of its CPU inside its handler, {:.0}% under logging \
-                 (formatting and writing a line per call, system calls included), {:.0}% in the \
-                 HTTP/2, HTTP and gRPC layers and socket I/O, and {:.0}% in the tokio scheduler \
-                 parking and waking threads",
-                process.name,
-                process.handler_inclusive_percent,
-                process.logging_inclusive_percent,
-                share(process, &["HTTP", "gRPC", "socket", "protobuf"]),
-                share(process, &[SCHEDULER]),
-            )
-        })
-        .collect();
-    format!(
-        "**In short, at concurrency {}:** {} (the handler and logging shares overlap where the handler logs).",
-        profile.concurrency,
-        parts.join("; ")
-    )
-}
-
-/// A symbol cut to a readable length.
-fn short(symbol: &str) -> String {
-    const MAX: usize = 90;
-    if symbol.chars().count() <= MAX {
-        symbol.to_owned()
-    } else {
-        let cut: String = symbol.chars().take(MAX).collect();
-        format!("{cut}…")
     }
 }
 
@@ -563,26 +350,45 @@ mod tests {
 ";
 
     #[test]
-    fn perf_script_output_parses_into_stacks() {
+    fn samples_are_parsed_and_charged_to_the_first_library_frame() {
         let samples = parse_script(SCRIPT);
         assert_eq!(samples.len(), 5);
-        assert_eq!(samples[0].pid, 101);
-        assert_eq!(samples[1].frames.len(), 5);
-        assert_eq!(samples[1].frames[1].symbol, "__GI___libc_write");
+        assert_eq!((samples[0].pid, samples[1].frames.len()), (101, 5));
+        let frame = &samples[1].frames[1];
+        assert_eq!(frame.symbol, "__GI___libc_write");
+        assert_eq!(frame.dso, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        let charged: Vec<_> = samples.iter().map(charge).collect();
+        assert_eq!(charged, [LOGGING, LOGGING, ALLOCATION, SCHEDULER, SOCKET]);
+        let calls: Vec<_> = samples.iter().map(system_call).collect();
+        let calls = calls.iter().map(Option::as_deref).collect::<Vec<_>>();
         assert_eq!(
-            samples[1].frames[1].dso,
-            "/usr/lib/x86_64-linux-gnu/libc.so.6"
+            calls,
+            [
+                None,
+                Some("write"),
+                None,
+                Some("epoll_wait"),
+                Some("none: interrupt, page fault or preemption")
+            ]
         );
     }
 
     #[test]
-    fn samples_are_charged_to_the_first_library_frame() {
-        let samples = parse_script(SCRIPT);
-        let charged: Vec<_> = samples.iter().map(charge).collect();
-        assert_eq!(charged, [LOGGING, LOGGING, ALLOCATION, SCHEDULER, SOCKET]);
-        assert_eq!(system_call(&samples[1]).as_deref(), Some("write"));
-        assert_eq!(system_call(&samples[3]).as_deref(), Some("epoll_wait"));
-        assert_eq!(system_call(&samples[0]), None);
+    fn crates_are_read_from_symbols_and_grouped_into_areas() {
+        assert_eq!(crate_of("<h2::proto::Foo as core::Bar>::poll"), Some("h2"));
+        assert_eq!(crate_of("tokio::runtime::park"), Some("tokio"));
+        assert_eq!(crate_of("<&T as core::fmt::Display>::fmt"), None);
+        assert_eq!(crate_of("malloc"), None);
+        for name in [
+            "shippy_registry",
+            "shippy_server",
+            "shippy_client",
+            "vessel_service",
+        ] {
+            let area = area_of(name, &format!("{name}::f"));
+            assert!(area.starts_with("shippy's own code"), "{area}");
+        }
+        assert_eq!(area_of("hashbrown", "hashbrown::map::f"), "hashbrown");
     }
 
     #[test]
@@ -591,18 +397,10 @@ mod tests {
         let own: Vec<&Sample> = samples.iter().filter(|s| s.pid == 101).collect();
         let summary = summarise("consignment-service", &own);
         assert_eq!(summary.samples, 2);
-        assert_eq!(summary.kernel_percent, 50.0);
-        assert_eq!(summary.logging_inclusive_percent, 100.0);
+        let percents = [summary.kernel_percent, summary.logging_inclusive_percent];
+        assert_eq!(percents, [50.0, 100.0]);
         assert_eq!(summary.handler_inclusive_percent, 50.0);
-        assert_eq!(summary.areas[0].name, LOGGING);
-        assert_eq!(summary.areas[0].percent, 100.0);
-    }
-
-    #[test]
-    fn crates_are_read_from_symbols() {
-        assert_eq!(crate_of("<h2::proto::Foo as core::Bar>::poll"), Some("h2"));
-        assert_eq!(crate_of("tokio::runtime::park"), Some("tokio"));
-        assert_eq!(crate_of("<&T as core::fmt::Display>::fmt"), None);
-        assert_eq!(crate_of("malloc"), None);
+        let top = &summary.areas[0];
+        assert_eq!((top.name.as_str(), top.percent), (LOGGING, 100.0));
     }
 }

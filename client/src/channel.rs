@@ -3,12 +3,14 @@
 //! [`ServiceChannel`] is a tower `Service` over gRPC's HTTP/2 requests, so a
 //! generated client takes it as it is: `VesselServiceClient::new(channel)`.
 //! Behind it, each instance has its own lazily connected tonic channel.
-//! Calls go round robin; a call that fails because its instance is
-//! unreachable (refused, reset, UNAVAILABLE) or hangs is sent again to the
-//! next instance within the call's deadline, and the instance that failed
-//! is tried last for a while. A balancer that hides which endpoint failed
-//! cannot do this: it keeps choosing a dead instance (which fails fast, so
-//! looks idle) until its registration expires.
+//! Calls go round robin from a random start; a call that fails because its
+//! instance is unreachable (refused, reset, UNAVAILABLE) or hangs is sent
+//! again to the next instance within the call's deadline, and the instance
+//! that failed is tried last for a while. An instance that answers as
+//! something else (UNIMPLEMENTED, or not gRPC at all: a record pointing at
+//! the wrong server) is tried last for longer. A balancer that hides which
+//! endpoint failed cannot do this: it keeps choosing a dead instance (which
+//! fails fast, so looks idle) until its registration expires.
 //!
 //! What travels with the call needs no code at the call site: the deadline
 //! is the call's own `grpc-timeout`, else that of the call being served
@@ -17,9 +19,10 @@
 //!
 //! A call may reach an instance that dies before answering and then be sent
 //! again, so request bodies are buffered and a call is only sent again when
-//! that is safe: always when the instance was never reached, and otherwise
-//! unless the request carries [`SendOnce`] (for calls that are not
-//! idempotent, such as a create without a caller-chosen id).
+//! that is safe: always when the instance was never reached or is not the
+//! service called, and otherwise unless the request carries [`SendOnce`]
+//! (for calls that are not idempotent, such as a create without a
+//! caller-chosen id).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,6 +55,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an instance that failed is tried only after the others.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
+/// How long an instance that answered as another server is tried only after
+/// the others: its record is wrong, which a retry soon will not change.
+const UNUSABLE_FOR: Duration = Duration::from_secs(30);
 
 /// Marks a request that must not be sent twice: it goes to another instance
 /// only when the first was never reached. Put it in the request's
@@ -100,8 +106,8 @@ struct Member {
     address: AdvertiseAddr,
     /// Connects on first use and reconnects after failures.
     channel: Channel,
-    /// When a call last found it unreachable; cleared by a success.
-    failed_at: Mutex<Option<Instant>>,
+    /// Until when it is tried only after the others; cleared by a success.
+    avoid_until: Mutex<Option<Instant>>,
 }
 
 impl ServiceChannel {
@@ -131,7 +137,9 @@ impl ServiceChannel {
                 service,
                 instances,
                 members: Mutex::default(),
-                next: AtomicUsize::new(0),
+                // Processes that start together (CLI runs, replicas) should
+                // not all begin with the same instance.
+                next: AtomicUsize::new(fastrand::usize(..)),
                 default_timeout,
                 _discovery: discovery,
             }),
@@ -205,34 +213,32 @@ impl Shared {
                 break;
             }
             // While others remain to be tried, an attempt gets half the time
-            // left, so one hung instance cannot use up the whole deadline.
-            let budget = if index < last {
+            // left, so one hung instance cannot use up the whole deadline;
+            // a call that will not be sent again after a hang gets it all.
+            let budget = if index < last && !send_once {
                 remaining / 2
             } else {
                 remaining
             };
             let attempt = rebuild(&parts, &body, budget);
             let failure = match tokio::time::timeout(budget, member.call(attempt)).await {
-                Ok(Ok(response)) => match response_status(&response) {
-                    Some(Code::Unavailable) => Failure::Answered(status_of(&response)),
-                    _ => {
-                        member.record(true);
+                Ok(Ok(response)) => match Failure::from_response(&response) {
+                    Some(failure) => failure,
+                    None => {
+                        member.answered();
                         return Ok(response);
                     }
                 },
                 Ok(Err(err)) => Failure::from_transport(err),
                 Err(_) => Failure::TimedOut,
             };
-            member.record(false);
-            warn!(
-                service = %self.service,
-                key = %member.key,
-                address = %member.address,
-                error = %failure.message(),
-                "instance unreachable or not answering"
-            );
-            let safe_to_resend = !send_once || matches!(failure, Failure::NeverConnected(_));
-            let status = failure.into_status();
+            self.set_aside(&member, &failure);
+            let safe_to_resend = !send_once
+                || matches!(
+                    failure,
+                    Failure::NeverConnected(_) | Failure::WrongServer(_)
+                );
+            let status = failure.into_status(&self.service, &member.address);
             if !safe_to_resend {
                 return Err(status);
             }
@@ -249,6 +255,26 @@ impl Shared {
             "no instance of {} could be reached ({detail})",
             self.service
         )))
+    }
+
+    /// Tries `member` only after the others for a while, for how it failed,
+    /// and says so in the log.
+    fn set_aside(&self, member: &Member, failure: &Failure) {
+        let (period, why) = match failure {
+            Failure::WrongServer(_) => (
+                UNUSABLE_FOR,
+                "instance answers as another server; its record is wrong",
+            ),
+            _ => (SUSPECT_FOR, "instance unreachable or not answering"),
+        };
+        member.avoid_for(period);
+        warn!(
+            service = %self.service,
+            key = %member.key,
+            address = %member.address,
+            error = %failure.message(),
+            "{why}"
+        );
     }
 
     /// The earliest of the call's own deadline, the served call's, and the
@@ -280,7 +306,7 @@ impl Shared {
             .iter()
             .chain(&members[..start])
             .cloned()
-            .partition(|member| !member.suspect(now));
+            .partition(|member| !member.avoided(now));
         healthy.extend(suspect);
         healthy
     }
@@ -333,7 +359,7 @@ impl Member {
             key: key.to_owned(),
             address: address.clone(),
             channel,
-            failed_at: Mutex::new(None),
+            avoid_until: Mutex::new(None),
         })
     }
 
@@ -345,19 +371,28 @@ impl Member {
         self.channel.clone().oneshot(request).await
     }
 
-    fn suspect(&self, now: Instant) -> bool {
-        self.failed_at
+    /// Whether it is to be tried only after the others at `now`.
+    fn avoided(&self, now: Instant) -> bool {
+        self.avoid_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| now.duration_since(at) < SUSPECT_FOR)
+            .is_some_and(|until| now < until)
     }
 
-    fn record(&self, reachable: bool) {
-        let mut failed_at = self
-            .failed_at
+    /// Tries it only after the others for `period`.
+    fn avoid_for(&self, period: Duration) {
+        *self
+            .avoid_until
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *failed_at = (!reachable).then(Instant::now);
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + period);
+    }
+
+    /// It answered: back in the rotation.
+    fn answered(&self) {
+        *self
+            .avoid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -365,6 +400,9 @@ impl Member {
 enum Failure {
     /// The instance answered UNAVAILABLE.
     Answered(Status),
+    /// The instance is not the service called: UNIMPLEMENTED, or an answer
+    /// that is not gRPC. Nothing was done with the request.
+    WrongServer(Status),
     /// The connection could not be made: the request never left.
     NeverConnected(Status),
     /// The connection failed during the call.
@@ -374,6 +412,29 @@ enum Failure {
 }
 
 impl Failure {
+    /// Why `response` is no usable answer, if it is not: an instance that
+    /// is UNAVAILABLE, or not the service called at all. Any other status
+    /// is the service's answer and goes back to the caller.
+    fn from_response(response: &http::Response<Body>) -> Option<Self> {
+        let grpc = response.status() == http::StatusCode::OK
+            && response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.starts_with("application/grpc"));
+        if !grpc {
+            return Some(Self::WrongServer(Status::unimplemented(format!(
+                "the answer is not gRPC (HTTP {})",
+                response.status()
+            ))));
+        }
+        match response_status(response)? {
+            Code::Unavailable => Some(Self::Answered(status_of(response))),
+            Code::Unimplemented => Some(Self::WrongServer(status_of(response))),
+            _ => None,
+        }
+    }
+
     fn from_transport(err: tonic::transport::Error) -> Self {
         let causes = || {
             std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |err| {
@@ -396,17 +457,24 @@ impl Failure {
 
     fn message(&self) -> String {
         match self {
-            Self::Answered(status) | Self::NeverConnected(status) | Self::Broken(status) => {
-                status.message().to_owned()
-            }
+            Self::Answered(status)
+            | Self::WrongServer(status)
+            | Self::NeverConnected(status)
+            | Self::Broken(status) => status.message().to_owned(),
             Self::TimedOut => "no answer within the attempt's share of the deadline".to_owned(),
         }
     }
 
-    fn into_status(self) -> Status {
+    /// The status for this failure of a call to `service` at `address`.
+    fn into_status(self, service: &str, address: &AdvertiseAddr) -> Status {
         match self {
-            Self::Answered(status) | Self::NeverConnected(status) | Self::Broken(status) => status,
-            Self::TimedOut => Status::deadline_exceeded("the attempt ran out of time"),
+            Self::Answered(status)
+            | Self::WrongServer(status)
+            | Self::NeverConnected(status)
+            | Self::Broken(status) => status,
+            Self::TimedOut => {
+                Status::deadline_exceeded(format!("{service} at {address} did not answer in time"))
+            }
         }
     }
 }
@@ -436,7 +504,7 @@ fn response_status(response: &http::Response<Body>) -> Option<Code> {
 /// The status carried in a trailers-only response's headers.
 fn status_of(response: &http::Response<Body>) -> Status {
     Status::from_header_map(response.headers())
-        .unwrap_or_else(|| Status::unavailable("the instance answered UNAVAILABLE"))
+        .unwrap_or_else(|| Status::unknown("the instance answered without a status"))
 }
 
 #[cfg(test)]
@@ -522,16 +590,92 @@ mod tests {
         candidates.iter().map(|m| m.key.clone()).collect()
     }
 
+    /// `keys` rotated left by `by`.
+    fn rotated(keys: &[String], by: usize) -> Vec<String> {
+        let mut rotated = keys.to_vec();
+        rotated.rotate_left(by % keys.len());
+        rotated
+    }
+
     #[tokio::test]
-    async fn calls_start_round_robin_and_a_failed_member_goes_last() {
+    async fn calls_go_round_robin_and_a_failed_member_goes_last() {
         let address: AdvertiseAddr = "127.0.0.1:1".parse().unwrap();
         let channel = channel(&[("a", &address), ("b", &address), ("c", &address)]);
-        assert_eq!(order(&channel), ["a", "b", "c"]);
-        assert_eq!(order(&channel), ["b", "c", "a"]);
-        channel.shared.members()[0].record(false);
-        assert_eq!(order(&channel), ["c", "b", "a"]);
-        channel.shared.members()[0].record(true);
-        assert_eq!(order(&channel), ["a", "b", "c"]);
+        let first = order(&channel);
+        assert_eq!(order(&channel), rotated(&first, 1));
+
+        let mut expected = rotated(&first, 2);
+        let failed = expected.remove(0);
+        let member = channel
+            .shared
+            .members()
+            .iter()
+            .find(|m| m.key == failed)
+            .cloned();
+        member.clone().unwrap().avoid_for(SUSPECT_FOR);
+        expected.push(failed);
+        assert_eq!(order(&channel), expected);
+
+        member.unwrap().answered();
+        assert_eq!(order(&channel), rotated(&first, 3));
+    }
+
+    #[tokio::test]
+    async fn separate_channels_start_at_different_instances() {
+        let address: AdvertiseAddr = "127.0.0.1:1".parse().unwrap();
+        let keys = ["a", "b", "c", "d"].map(|key| (key, &address));
+        let firsts: std::collections::BTreeSet<_> =
+            (0..32).map(|_| order(&channel(&keys)).remove(0)).collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
+    }
+
+    /// A gRPC server that serves nothing: every method is UNIMPLEMENTED.
+    async fn wrong_service() -> AdvertiseAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(
+            Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        address
+    }
+
+    /// An HTTP/2 server that is not gRPC: it answers 404 in plain text.
+    async fn not_grpc() -> AdvertiseAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(stream).await.unwrap();
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        let response = http::Response::builder()
+                            .status(404)
+                            .header("content-type", "text/plain")
+                            .body(())
+                            .unwrap();
+                        let _ = respond.send_response(response, true);
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_is_another_server_is_skipped_even_for_a_create() {
+        let (wrong, other, up) = (wrong_service().await, not_grpc().await, live().await.0);
+        let channel = channel(&[("a-wrong", &wrong), ("b-other", &other), ("c-up", &up)]);
+        for _ in 0..3 {
+            let mut request = tonic::Request::new(HealthCheckRequest::default());
+            request.extensions_mut().insert(SendOnce);
+            HealthClient::new(channel.clone())
+                .check(request)
+                .await
+                .unwrap();
+        }
+        assert_eq!(order(&channel)[0], "c-up");
     }
 
     #[tokio::test]
@@ -556,9 +700,12 @@ mod tests {
         send_once(channel(&[("a-down", &down), ("b-up", &up)]))
             .await
             .unwrap();
-        let status = send_once(channel(&[("a-stuck", &stuck), ("b-up", &up)]))
-            .await
-            .unwrap_err();
+        // The live instance failed a moment ago, so the hung one is tried first.
+        let stuck_first = channel(&[("a-stuck", &stuck), ("b-up", &up)]);
+        let members = stuck_first.shared.members();
+        let live = members.iter().find(|m| m.key == "b-up").unwrap();
+        live.avoid_for(SUSPECT_FOR);
+        let status = send_once(stuck_first).await.unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     }
 
@@ -566,7 +713,12 @@ mod tests {
     async fn a_hung_instance_gets_part_of_the_deadline_and_the_next_one_answers() {
         let (stuck, up) = (hung().await, live().await.0);
         let channel = channel(&[("a-stuck", &stuck), ("b-up", &up)]);
+        // The live instance failed a moment ago, so the hung one is tried first.
+        let members = channel.shared.members();
+        let live = members.iter().find(|m| m.key == "b-up").unwrap();
+        live.avoid_for(SUSPECT_FOR);
         check(&channel, "").await.unwrap();
+        assert_eq!(order(&channel).last().map(String::as_str), Some("a-stuck"));
     }
 
     #[tokio::test]

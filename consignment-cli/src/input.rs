@@ -139,6 +139,11 @@ mod tests {
             ]
         );
         assert!(consignment.containers[1].origin.starts_with("Derby"));
+        // The sample every other test sends is this file's content.
+        assert_eq!(
+            consignment,
+            shippy_test_support::fixtures::sample_consignment()
+        );
     }
 
     #[test]

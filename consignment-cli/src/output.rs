@@ -320,20 +320,15 @@ pub fn status(call: &str, failure: &tonic::Status) -> String {
 
 #[cfg(test)]
 mod tests {
+    use shippy_test_support::fixtures;
+
     use super::*;
 
+    /// The sample as stored: with an id and its vessel.
     fn consignment() -> pb::Consignment {
         pb::Consignment {
-            id: "c1".into(),
-            description: "This is a test consignment".into(),
-            weight: 55_000,
-            containers: vec![pb::Container {
-                id: String::new(),
-                customer_id: "cust001".into(),
-                origin: "Manchester, United Kingdom".into(),
-                user_id: "user001".into(),
-            }],
             vessel_id: "vessel001".into(),
+            ..fixtures::consignment("c1")
         }
     }
 

@@ -1,17 +1,13 @@
-//! Bad input through the real CLI against the real services: every case
-//! gets one readable line on stderr, the right exit status, nothing on
-//! stdout, and nothing is stored.
+//! Bad input through the real CLI against the real services (registered in
+//! the etcd this test binary shares): every case gets one readable line on
+//! stderr, the right exit status, nothing on stdout, and nothing is stored.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-
 use shippy_proto::consignment::v1::GetRequest;
-use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
-use shippy_test_support::{Etcd, spawn_service, wait_until};
+use shippy_test_support::fixtures::sample_file;
+use shippy_test_support::{Service, ServiceProcess, TestRegistry, cli};
 
 /// What a case feeds the CLI.
 enum Input {
@@ -302,47 +298,29 @@ fn consignment_text_with(weight: &str, containers: &str, suffix: &str) -> Input 
     ))
 }
 
-fn sample() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../consignment.json")
-}
-
 #[tokio::test]
 async fn every_bad_input_gets_one_clear_line_and_stores_nothing() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let _vessel = spawn_service(
-        "vessel-service",
-        etcd.endpoint(),
-        logs.path(),
-        "vessel",
-        &[],
-    )
-    .unwrap();
-    let _consignment = spawn_service(
-        "consignment-service",
-        etcd.endpoint(),
-        logs.path(),
-        "consignment",
-        &[],
-    )
-    .unwrap();
-    wait_until(
-        Duration::from_secs(15),
-        "both services registered",
-        || async { etcd.get_prefix("/shippy/services/").await.unwrap().len() == 2 },
-    )
-    .await
-    .unwrap();
+    // Different services, so each one's instance is told apart at once.
+    let (vessel, consignment) = tokio::join!(
+        ServiceProcess::start(&registry, Service::Vessel, logs.path(), "vessel", &[]),
+        ServiceProcess::start(
+            &registry,
+            Service::Consignment,
+            logs.path(),
+            "consignment",
+            &[]
+        ),
+    );
+    let (_vessel, consignment) = (vessel.unwrap(), consignment.unwrap());
     let files = tempfile::tempdir().unwrap();
     let cases = cases();
     assert!(cases.len() >= 30, "the corpus has {} cases", cases.len());
 
     let mut wrong = Vec::new();
     for (index, case) in cases.iter().enumerate() {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_consignment-cli"));
-        command
-            .env_clear()
-            .env("SHIPPY_ETCD_ENDPOINTS", etcd.endpoint());
+        let mut command = cli(&registry).unwrap();
         match &case.input {
             Input::Bytes(bytes) => {
                 let path = files.path().join(format!("case{index}.json"));
@@ -356,7 +334,7 @@ async fn every_bad_input_gets_one_clear_line_and_stores_nothing() {
                 command.arg(files.path());
             }
             Input::SampleWithArgs(args) => {
-                command.arg(sample()).args(*args);
+                command.arg(sample_file()).args(*args);
             }
         }
         let output = command.output().unwrap();
@@ -384,16 +362,10 @@ async fn every_bad_input_gets_one_clear_line_and_stores_nothing() {
     );
 
     // Nothing was stored by any of them.
-    let address = etcd
-        .get_prefix("/shippy/services/shippy.service.consignment/")
+    let stored = consignment
+        .shipping_client()
         .await
-        .unwrap();
-    let record: serde_json::Value = serde_json::from_str(&address[0].1).unwrap();
-    let mut client =
-        ShippingServiceClient::connect(format!("http://{}", record["address"].as_str().unwrap()))
-            .await
-            .unwrap();
-    let stored = client
+        .unwrap()
         .get_consignments(GetRequest::default())
         .await
         .unwrap()

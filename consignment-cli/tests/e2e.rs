@@ -1,37 +1,43 @@
-//! The whole system as users run it: a real etcd, the vessel-service and
-//! consignment-service binaries on free ports, and this CLI on the sample
-//! consignment.json.
+//! The whole system as users run it: a real etcd (the one this test binary
+//! shares, under a key prefix per test, unless etcd itself must start
+//! late), the vessel-service and consignment-service binaries on free
+//! ports, and this CLI on the sample consignment.json.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 mod common;
 
-use common::{CONSIGNMENT, DEADLINE, VESSEL, run_cli, sample_file, wait_for_keys};
-use shippy_test_support::{ChildGuard, Etcd, free_port, spawn_service, wait_until, workspace_bin};
-
-/// Starts a service binary against `etcd` on a free port, logging into `logs`.
-fn spawn(etcd: &Etcd, package: &str, logs: &Path) -> ChildGuard {
-    spawn_service(package, etcd.endpoint(), logs, package, &[]).unwrap()
-}
+use common::run_cli;
+use shippy_test_support::fixtures::sample_file;
+use shippy_test_support::{
+    DEADLINE, Etcd, Service, ServiceProcess, TestRegistry, free_port, spawn_service, wait_until,
+    workspace_bin,
+};
 
 #[tokio::test]
 async fn the_cli_submits_the_sample_and_gets_vessel001() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let _vessel = spawn(&etcd, "vessel-service", logs.path());
-    wait_for_keys(&etcd, VESSEL, 1).await;
-    let _consignment = spawn(&etcd, "consignment-service", logs.path());
-    wait_for_keys(&etcd, CONSIGNMENT, 1).await;
+    let _vessel = ServiceProcess::start(&registry, Service::Vessel, logs.path(), "vessel", &[])
+        .await
+        .unwrap();
+    let _consignment = ServiceProcess::start(
+        &registry,
+        Service::Consignment,
+        logs.path(),
+        "consignment",
+        &[],
+    )
+    .await
+    .unwrap();
 
     let sample = sample_file();
-    let first = run_cli(&etcd, &[sample.to_str().unwrap()]);
-    let second = run_cli(&etcd, &[sample.to_str().unwrap()]);
+    let first = run_cli(&registry, &[sample.to_str().unwrap()]);
+    let second = run_cli(&registry, &[sample.to_str().unwrap()]);
 
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success(), "{first:?}");
@@ -64,43 +70,51 @@ async fn the_cli_submits_the_sample_and_gets_vessel001() {
 
 #[tokio::test]
 async fn on_sigterm_a_service_removes_its_key_then_exits_0() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    for (package, prefix) in [
-        ("vessel-service", VESSEL),
-        ("consignment-service", CONSIGNMENT),
-    ] {
-        let mut service = spawn(&etcd, package, logs.path());
-        wait_for_keys(&etcd, prefix, 1).await;
+    for service in [Service::Vessel, Service::Consignment] {
+        let package = service.package();
+        // The longest lease: a key gone before the process exits was
+        // removed, not expired.
+        let mut running = ServiceProcess::start(
+            &registry,
+            service,
+            logs.path(),
+            package,
+            &[("SHIPPY_LEASE_TTL", "3600")],
+        )
+        .await
+        .unwrap();
 
-        service.signal(Signal::SIGTERM).unwrap();
+        running.signal(Signal::SIGTERM).unwrap();
         // Exit first, key second: once exited, the key must already be gone.
-        // The lease is 10 s, so a key gone within this loop was removed, not expired.
-        let signalled = std::time::Instant::now();
-        let status = loop {
-            let exited = service.try_exit().unwrap();
-            let keys = etcd.get_prefix(prefix).await.unwrap();
-            if let Some(status) = exited {
+        let mut exit = None;
+        wait_until(DEADLINE, &format!("{package} to exit"), || {
+            let exited = running.try_exit().unwrap();
+            exit = exited;
+            let registry = &registry;
+            async move {
+                let Some(status) = exited else {
+                    return false;
+                };
+                let left = registry.instances(service.registered_name()).await.unwrap();
                 assert!(
-                    keys.is_empty(),
-                    "{package} exited with its key still in etcd"
+                    left.is_empty(),
+                    "{package} exited ({status}) with its key still in etcd"
                 );
-                break status;
+                true
             }
-            assert!(
-                signalled.elapsed() < Duration::from_secs(5),
-                "{package} still running:\n{}",
-                service.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", running.log_tail()));
+        let status = exit.unwrap();
 
         assert!(
             status.success(),
             "{package} exited with {status}:\n{}",
-            service.log_tail()
+            running.log_tail()
         );
-        let log = service.log();
+        let log = running.log();
         assert!(log.contains("received SIGTERM"), "{log}");
         assert!(log.contains("deregistered from etcd"), "{log}");
     }
@@ -108,10 +122,10 @@ async fn on_sigterm_a_service_removes_its_key_then_exits_0() {
 
 #[tokio::test]
 async fn the_cli_says_when_no_consignment_service_is_registered() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let sample = sample_file();
 
-    let output = run_cli(&etcd, &[sample.to_str().unwrap()]);
+    let output = run_cli(&registry, &[sample.to_str().unwrap()]);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -124,9 +138,9 @@ async fn the_cli_says_when_no_consignment_service_is_registered() {
 
 #[tokio::test]
 async fn the_cli_refuses_a_missing_file_with_exit_2() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
 
-    let output = run_cli(&etcd, &["/nonexistent/consignment.json"]);
+    let output = run_cli(&registry, &["/nonexistent/consignment.json"]);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -138,12 +152,13 @@ async fn the_cli_refuses_a_missing_file_with_exit_2() {
 
 #[tokio::test]
 async fn the_probe_mode_reports_health_for_healthchecks() {
+    // A private etcd, started only once the service is up.
     let mut etcd = Etcd::not_started().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let address = format!("127.0.0.1:{}", free_port().unwrap());
     let mut vessel = spawn_service(
-        "vessel-service",
-        etcd.endpoint(),
+        &etcd.registry(),
+        Service::Vessel,
         logs.path(),
         "vessel",
         &[("SHIPPY_LISTEN_ADDR", &address)],

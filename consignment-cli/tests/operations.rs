@@ -1,20 +1,24 @@
 //! What operators see: the CLI's subcommands, the per-call log lines with a
 //! request id that crosses the consignment → vessel hop, and `services`
-//! against a real etcd with two vessel-service instances.
+//! against a real etcd with two vessel-service instances. etcd is the one
+//! this test binary shares, under a key prefix per test, except where the
+//! test stops it.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use shippy_proto::vessel::SERVICE_NAME as VESSEL_SERVICE;
 mod common;
 
-use common::{CONSIGNMENT, DEADLINE, VESSEL, run_cli, sample_file, wait_for_keys};
-use shippy_test_support::{ChildGuard, Etcd, spawn_service, wait_until};
+use common::run_cli;
+use shippy_test_support::fixtures::sample_file;
+use shippy_test_support::{DEADLINE, Etcd, Service, ServiceProcess, TestRegistry, wait_until};
 
 /// Runs the CLI, expects success, and parses its `--json` output.
-fn run_cli_json(etcd: &Etcd, args: &[&str]) -> Value {
-    let output = run_cli(etcd, args);
+fn run_cli_json(registry: &TestRegistry, args: &[&str]) -> Value {
+    let output = run_cli(registry, args);
     assert!(output.status.success(), "{args:?}: {output:?}");
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|err| panic!("{args:?} printed no JSON ({err}): {output:?}"))
@@ -48,29 +52,29 @@ fn json_call_records(log: &str, request_id: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn create_and_list_carry_a_request_id_into_both_services_logs() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let vessel = spawn_service(
-        "vessel-service",
-        etcd.endpoint(),
+    let vessel = ServiceProcess::start(
+        &registry,
+        Service::Vessel,
         logs.path(),
         "vessel",
         &[("SHIPPY_LOG_FORMAT", "json")],
     )
+    .await
     .unwrap();
-    wait_for_keys(&etcd, VESSEL, 1).await;
-    let consignment = spawn_service(
-        "consignment-service",
-        etcd.endpoint(),
+    let consignment = ServiceProcess::start(
+        &registry,
+        Service::Consignment,
         logs.path(),
         "consignment",
         &[],
     )
+    .await
     .unwrap();
-    wait_for_keys(&etcd, CONSIGNMENT, 1).await;
     let sample = sample_file();
 
-    let created = run_cli_json(&etcd, &["create", "--json", sample.to_str().unwrap()]);
+    let created = run_cli_json(&registry, &["create", "--json", sample.to_str().unwrap()]);
     let request_id = created["request_id"].as_str().unwrap().to_owned();
     let id = created["consignment"]["id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -86,12 +90,12 @@ async fn create_and_list_carry_a_request_id_into_both_services_logs() {
     );
     assert!(created.get("consignments").is_none(), "{created}");
 
-    let listed = run_cli_json(&etcd, &["list", "--json"]);
+    let listed = run_cli_json(&registry, &["list", "--json"]);
     let consignments = listed["consignments"].as_array().unwrap();
     assert_eq!(consignments.len(), 1, "{listed}");
     assert_eq!(consignments[0]["id"], id.as_str());
 
-    let text = run_cli(&etcd, &["create", sample.to_str().unwrap()]);
+    let text = run_cli(&registry, &["create", sample.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.starts_with("Created consignment "), "{text}");
     assert!(text.contains("\n  request_id:  "), "{text}");
@@ -141,24 +145,13 @@ async fn create_and_list_carry_a_request_id_into_both_services_logs() {
 #[tokio::test]
 async fn a_caller_chosen_request_id_is_kept_and_an_unusable_one_replaced() {
     use shippy_proto::vessel::v1 as pb;
-    use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
 
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let vessel = spawn_service(
-        "vessel-service",
-        etcd.endpoint(),
-        logs.path(),
-        "vessel",
-        &[],
-    )
-    .unwrap();
-    wait_for_keys(&etcd, VESSEL, 1).await;
-    let record: Value = serde_json::from_str(&etcd.get_prefix(VESSEL).await.unwrap()[0].1).unwrap();
-    let address = record["address"].as_str().unwrap();
-    let mut client = VesselServiceClient::connect(format!("http://{address}"))
+    let vessel = ServiceProcess::start(&registry, Service::Vessel, logs.path(), "vessel", &[])
         .await
         .unwrap();
+    let mut client = vessel.vessel_client().await.unwrap();
     let find = |id: &str| {
         let mut request = tonic::Request::new(pb::Specification {
             capacity: 1,
@@ -194,20 +187,18 @@ async fn a_caller_chosen_request_id_is_kept_and_an_unusable_one_replaced() {
 
 #[tokio::test]
 async fn services_lists_every_instance_with_lease_and_live_health() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let spawn = |name: &str, package: &str| -> ChildGuard {
-        spawn_service(package, etcd.endpoint(), logs.path(), name, &[]).unwrap()
+    let start = |service: Service, name: &'static str| {
+        ServiceProcess::start(&registry, service, logs.path(), name, &[])
     };
-    let _first = spawn("vessel-1", "vessel-service");
-    let second = spawn("vessel-2", "vessel-service");
-    wait_for_keys(&etcd, VESSEL, 2).await;
-    let _consignment = spawn("consignment", "consignment-service");
-    wait_for_keys(&etcd, CONSIGNMENT, 1).await;
+    let _first = start(Service::Vessel, "vessel-1").await.unwrap();
+    let second = start(Service::Vessel, "vessel-2").await.unwrap();
+    let _consignment = start(Service::Consignment, "consignment").await.unwrap();
 
     // Registered comes just before SERVING: wait for health to follow.
     wait_until(DEADLINE, "every instance SERVING", || async {
-        let listed = run_cli_json(&etcd, &["services", "--json"]);
+        let listed = run_cli_json(&registry, &["services", "--json"]);
         listed["services"]
             .as_array()
             .unwrap()
@@ -219,7 +210,7 @@ async fn services_lists_every_instance_with_lease_and_live_health() {
     })
     .await
     .unwrap();
-    let listed = run_cli_json(&etcd, &["services", "--json"]);
+    let listed = run_cli_json(&registry, &["services", "--json"]);
     let services = listed["services"].as_array().unwrap();
     let names: Vec<_> = services
         .iter()
@@ -239,10 +230,11 @@ async fn services_lists_every_instance_with_lease_and_live_health() {
         let left = instance["lease_ttl_secs"].as_u64().unwrap();
         assert!((1..=10).contains(&left), "{instance}");
         let key = instance["key"].as_str().unwrap();
-        assert_eq!(key, format!("{VESSEL}{}", instance["id"].as_str().unwrap()));
+        let id = instance["id"].as_str().unwrap();
+        assert_eq!(key, registry.keys().instance_key(VESSEL_SERVICE, id));
     }
 
-    let text = run_cli(&etcd, &["services"]);
+    let text = run_cli(&registry, &["services"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("shippy.service.vessel (2 instances)\n"),
@@ -260,7 +252,7 @@ async fn services_lists_every_instance_with_lease_and_live_health() {
     let second_pid = second.pid();
     second.signal(Signal::SIGKILL).unwrap();
     let unreachable = wait_until(DEADLINE, "the killed instance UNREACHABLE", || async {
-        let listed = run_cli_json(&etcd, &["services", "--json"]);
+        let listed = run_cli_json(&registry, &["services", "--json"]);
         listed["services"][1]["instances"]
             .as_array()
             .unwrap()
@@ -269,7 +261,7 @@ async fn services_lists_every_instance_with_lease_and_live_health() {
     })
     .await;
     unreachable.unwrap_or_else(|err| panic!("pid {second_pid}: {err:#}"));
-    let listed = run_cli_json(&etcd, &["services", "--json"]);
+    let listed = run_cli_json(&registry, &["services", "--json"]);
     let gone = listed["services"][1]["instances"]
         .as_array()
         .unwrap()
@@ -289,9 +281,11 @@ async fn services_lists_every_instance_with_lease_and_live_health() {
 
 #[tokio::test]
 async fn services_says_so_when_nothing_is_registered_or_etcd_is_down() {
+    // A private etcd: this test stops it.
     let mut etcd = Etcd::start().await.unwrap();
+    let registry = etcd.registry();
 
-    let empty = run_cli(&etcd, &["services"]);
+    let empty = run_cli(&registry, &["services"]);
     assert!(empty.status.success(), "{empty:?}");
     assert_eq!(
         String::from_utf8_lossy(&empty.stdout),
@@ -299,7 +293,7 @@ async fn services_says_so_when_nothing_is_registered_or_etcd_is_down() {
     );
 
     etcd.kill();
-    let down = run_cli(&etcd, &["services"]);
+    let down = run_cli(&registry, &["services"]);
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert_eq!(down.status.code(), Some(1), "{stderr}");
     assert!(

@@ -276,30 +276,9 @@ impl From<Consignment> for pb::Consignment {
 
 #[cfg(test)]
 mod tests {
+    use shippy_test_support::fixtures::{container, sample_consignment as sample};
+
     use super::*;
-
-    fn container(customer: &str) -> pb::Container {
-        pb::Container {
-            id: String::new(),
-            customer_id: customer.into(),
-            origin: "Manchester, United Kingdom".into(),
-            user_id: "user001".into(),
-        }
-    }
-
-    fn sample() -> pb::Consignment {
-        pb::Consignment {
-            id: String::new(),
-            description: "This is a test consignment".into(),
-            weight: 55_000,
-            containers: vec![
-                container("cust001"),
-                container("cust002"),
-                container("cust005"),
-            ],
-            vessel_id: String::new(),
-        }
-    }
 
     fn rejected_field(wire: pb::Consignment) -> String {
         match NewConsignment::parse(wire) {

@@ -55,6 +55,25 @@ impl ConsignmentError {
     }
 }
 
+/// A copy of the same failure for another caller, as when one commit of
+/// several creates fails. An internal cause is copied as its text, with
+/// its chain of causes.
+impl Clone for ConsignmentError {
+    fn clone(&self) -> Self {
+        match self {
+            Self::InvalidArgument { field, reason } => Self::invalid(field, reason),
+            Self::AlreadyExists(id) => Self::AlreadyExists(id.clone()),
+            Self::NoVesselFits(text) => Self::NoVesselFits(text.clone()),
+            Self::VesselUnavailable(text) => Self::VesselUnavailable(text.clone()),
+            Self::DeadlineExceeded(service) => Self::DeadlineExceeded(service.clone()),
+            Self::TooLarge(text) => Self::TooLarge(text.clone()),
+            Self::DiskFull(detail) => Self::DiskFull(detail.clone()),
+            Self::StoreUnavailable(detail) => Self::StoreUnavailable(detail.clone()),
+            Self::Internal(cause) => Self::Internal(anyhow::anyhow!("{cause:#}")),
+        }
+    }
+}
+
 impl From<ConsignmentError> for tonic::Status {
     fn from(err: ConsignmentError) -> Self {
         match &err {

@@ -1,137 +1,79 @@
-//! consignment-service over gRPC, with vessel-service found through a real etcd.
+//! consignment-service over gRPC, with vessel-service found through a real
+//! etcd: the one this test binary shares, under a key prefix per test.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use consignment_service::{Application, Config};
 use shippy_proto::consignment::v1 as pb;
-use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
+use shippy_proto::vessel::SERVICE_NAME as VESSEL_SERVICE;
 use shippy_proto::vessel::v1 as vessel_pb;
 use shippy_proto::vessel::v1::vessel_service_server::{VesselService, VesselServiceServer};
-use shippy_registry::EtcdClient;
-use shippy_registry::{KeySpace, Registration, RegistrationState, ServiceRecord};
-use shippy_test_support::Etcd;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use shippy_registry::{Registration, ServiceRecord};
+use shippy_test_support::fixtures::sample_consignment;
+use shippy_test_support::{
+    DEADLINE, InProcessService, Service, ServiceProcess, TestRegistry, registered,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A running service: stop it by sending on `stop`.
-struct Running {
-    address: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-fn args(etcd: &Etcd, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "test".to_owned(),
-        "--listen=127.0.0.1:0".to_owned(),
-        format!("--etcd-endpoints={}", etcd.endpoint()),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
-}
-
-async fn spawn_vessel_service(etcd: &Etcd) -> Running {
-    let config = vessel_service::Config::try_parse_from(args(etcd, &[])).unwrap();
-    let app = vessel_service::Application::build(config).await.unwrap();
-    let address = app.server().local_addr().unwrap();
-    let mut state = app.server().registration_state();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    tokio::time::timeout(
-        DEADLINE,
-        state.wait_for(|s| *s == RegistrationState::Registered),
-    )
-    .await
-    .expect("vessel-service registers")
-    .unwrap();
-    Running {
-        address,
-        stop,
-        task,
-    }
-}
-
-/// Starts consignment-service and waits until it sees `vessels` vessel instances.
-async fn spawn_consignment_service(etcd: &Etcd, vessels: usize, extra: &[&str]) -> Running {
-    // The handler is under test here, not the store.
-    let extra = [&["--database-url=memory://"], extra].concat();
-    let config = consignment_service::Config::try_parse_from(args(etcd, &extra)).unwrap();
-    let app = consignment_service::Application::build(config)
-        .await
-        .unwrap();
-    let address = app.server().local_addr().unwrap();
-    let mut instances = app.vessel_instances();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    tokio::time::timeout(DEADLINE, instances.wait_for(|now| now.len() == vessels))
-        .await
-        .expect("consignment-service discovers vessel-service")
-        .unwrap();
-    Running {
-        address,
-        stop,
-        task,
-    }
-}
-
-async fn client(address: SocketAddr) -> ShippingServiceClient<Channel> {
-    ShippingServiceClient::connect(format!("http://{address}"))
+/// Starts the vessel-service binary and waits until it has registered.
+async fn start_vessel_service(registry: &TestRegistry, logs: &Path) -> ServiceProcess {
+    ServiceProcess::start(registry, Service::Vessel, logs, "vessel", &[])
         .await
         .unwrap()
 }
 
-fn container(customer: &str) -> pb::Container {
-    pb::Container {
-        id: String::new(),
-        customer_id: customer.into(),
-        origin: "Manchester, United Kingdom".into(),
-        user_id: "user001".into(),
-    }
-}
-
-fn sample() -> pb::Consignment {
-    pb::Consignment {
-        id: String::new(),
-        description: "This is a test consignment".into(),
-        weight: 55_000,
-        containers: vec![
-            container("cust001"),
-            container("cust002"),
-            container("cust005"),
-        ],
-        vessel_id: String::new(),
-    }
+/// Builds consignment-service with `extra` flags, runs it on a task, and
+/// waits until it sees `vessels` vessel-service instances.
+async fn start_consignment_service(
+    registry: &TestRegistry,
+    vessels: usize,
+    extra: &[&str],
+) -> InProcessService {
+    // The handler is under test here, not the store.
+    let args = [
+        "consignment-service",
+        "--listen=127.0.0.1:0",
+        "--database-url=memory://",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(registry.args())
+    .chain(extra.iter().map(|arg| (*arg).to_owned()));
+    let app = Application::build(Config::try_parse_from(args).unwrap())
+        .await
+        .unwrap();
+    let mut instances = app.vessel_instances();
+    let server = app.server();
+    let (address, key, state) = (
+        server.local_addr().unwrap(),
+        server.key().to_owned(),
+        server.registration_state(),
+    );
+    let service = InProcessService::spawn(address, &key, state, |stop| app.run_until_stopped(stop));
+    tokio::time::timeout(DEADLINE, instances.wait_for(|now| now.len() == vessels))
+        .await
+        .expect("consignment-service discovers vessel-service")
+        .unwrap();
+    service
 }
 
 #[tokio::test]
 async fn a_consignment_is_stored_with_the_vessel_found_through_etcd() {
-    let etcd = Etcd::start().await.unwrap();
-    let vessels = spawn_vessel_service(&etcd).await;
-    let consignments = spawn_consignment_service(&etcd, 1, &[]).await;
-    let mut client = client(consignments.address).await;
+    let registry = TestRegistry::shared().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vessels = start_vessel_service(&registry, logs.path()).await;
+    let consignments = start_consignment_service(&registry, 1, &[]).await;
+    let mut client = consignments.shipping_client().await.unwrap();
 
     let created = client
-        .create_consignment(sample())
+        .create_consignment(sample_consignment())
         .await
         .unwrap()
         .into_inner();
@@ -148,24 +90,25 @@ async fn a_consignment_is_stored_with_the_vessel_found_through_etcd() {
     assert_eq!(stored.containers.len(), 3);
     assert_eq!(listed.consignments, vec![stored]);
 
-    consignments.stop().await;
-    vessels.stop().await;
+    consignments.stop().await.unwrap();
+    assert!(vessels.stop().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn refusals_carry_the_right_status_and_store_nothing() {
-    let etcd = Etcd::start().await.unwrap();
-    let vessels = spawn_vessel_service(&etcd).await;
-    let consignments = spawn_consignment_service(&etcd, 1, &[]).await;
-    let mut client = client(consignments.address).await;
+    let registry = TestRegistry::shared().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vessels = start_vessel_service(&registry, logs.path()).await;
+    let consignments = start_consignment_service(&registry, 1, &[]).await;
+    let mut client = consignments.shipping_client().await.unwrap();
 
-    let mut no_weight = sample();
+    let mut no_weight = sample_consignment();
     no_weight.weight = 0;
     let err = client.create_consignment(no_weight).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("weight"), "{}", err.message());
 
-    let mut too_heavy = sample();
+    let mut too_heavy = sample_consignment();
     too_heavy.weight = 2_000_000_000;
     let err = client.create_consignment(too_heavy).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -174,7 +117,7 @@ async fn refusals_carry_the_right_status_and_store_nothing() {
         "no vessel can carry 3 containers weighing 2000000000 kg"
     );
 
-    let mut named = sample();
+    let mut named = sample_consignment();
     named.id = "c-1".into();
     client.create_consignment(named.clone()).await.unwrap();
     let err = client.create_consignment(named).await.unwrap_err();
@@ -189,48 +132,43 @@ async fn refusals_carry_the_right_status_and_store_nothing() {
     let ids: Vec<_> = listed.consignments.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["c-1"]);
 
-    consignments.stop().await;
-    vessels.stop().await;
+    consignments.stop().await.unwrap();
+    assert!(vessels.stop().await.unwrap().success());
 }
 
 #[tokio::test]
 async fn an_over_size_message_is_resource_exhausted() {
-    let etcd = Etcd::start().await.unwrap();
-    let consignments = spawn_consignment_service(&etcd, 0, &[]).await;
-    let mut client = client(consignments.address).await;
+    let registry = TestRegistry::shared().await.unwrap();
+    let consignments = start_consignment_service(&registry, 0, &[]).await;
+    let mut client = consignments.shipping_client().await.unwrap();
 
-    let mut huge = sample();
+    let mut huge = sample_consignment();
     huge.description = "x".repeat(5 * 1024 * 1024);
     let err = client.create_consignment(huge).await.unwrap_err();
 
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("too large"), "{}", err.message());
-    consignments.stop().await;
+    consignments.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn with_no_vessel_service_registered_the_call_fails_fast_and_says_why() {
-    let etcd = Etcd::start().await.unwrap();
-    let consignments = spawn_consignment_service(&etcd, 0, &[]).await;
-    let mut client = client(consignments.address).await;
+    let registry = TestRegistry::shared().await.unwrap();
+    let consignments = start_consignment_service(&registry, 0, &[]).await;
+    let mut client = consignments.shipping_client().await.unwrap();
 
-    let mut request = Request::new(sample());
-    request.set_timeout(Duration::from_secs(5));
-    let started = std::time::Instant::now();
-    let err = client.create_consignment(request).await.unwrap_err();
+    // A deadline far beyond the test's: failing fast means answering long
+    // before it, not waiting it out.
+    let mut request = Request::new(sample_consignment());
+    request.set_timeout(Duration::from_secs(3600));
+    let err = tokio::time::timeout(DEADLINE, client.create_consignment(request))
+        .await
+        .expect("an answer long before the call's deadline")
+        .unwrap_err();
 
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(
-        err.message().contains("shippy.service.vessel"),
-        "{}",
-        err.message()
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    consignments.stop().await;
+    assert!(err.message().contains(VESSEL_SERVICE), "{}", err.message());
+    consignments.stop().await.unwrap();
 }
 
 /// A vessel-service stand-in that records the deadline each call arrived with.
@@ -276,7 +214,7 @@ fn millis(header: &str) -> u64 {
 
 #[tokio::test]
 async fn the_callers_deadline_is_passed_on_to_vessel_service() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let recorder = DeadlineRecorder::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -286,34 +224,39 @@ async fn the_callers_deadline_is_passed_on_to_vessel_service() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let registration = Registration::spawn(
-        EtcdClient::connect(&[etcd.endpoint().to_owned()])
-            .await
-            .unwrap(),
-        KeySpace::new("/shippy/services").instance_key("shippy.service.vessel", "recorder"),
+        registry.etcd_client().await.unwrap(),
+        registry.keys().instance_key(VESSEL_SERVICE, "recorder"),
         &ServiceRecord {
-            name: "shippy.service.vessel".into(),
+            name: VESSEL_SERVICE.into(),
             id: "recorder".into(),
             address: address.to_string().parse().unwrap(),
             metadata: Default::default(),
         },
         Duration::from_secs(5),
     );
-    let consignments = spawn_consignment_service(&etcd, 1, &["--vessel-timeout=7"]).await;
-    let mut client = client(consignments.address).await;
+    registered(registration.state()).await.unwrap();
+    // Both deadlines far apart and far longer than the calls take, so each
+    // is told from the other however slowly the calls run.
+    let consignments = start_consignment_service(&registry, 1, &["--vessel-timeout=300"]).await;
+    let mut client = consignments.shipping_client().await.unwrap();
 
-    let mut with_deadline = Request::new(sample());
-    with_deadline.set_timeout(Duration::from_millis(1500));
+    let mut with_deadline = Request::new(sample_consignment());
+    with_deadline.set_timeout(Duration::from_secs(60));
     let created = client.create_consignment(with_deadline).await.unwrap();
     assert_eq!(
         created.into_inner().consignment.unwrap().vessel_id,
         "recorder"
     );
-    client.create_consignment(sample()).await.unwrap();
+    client
+        .create_consignment(sample_consignment())
+        .await
+        .unwrap();
 
     let seen = recorder.seen.lock().unwrap().clone();
+    let slack = u64::try_from(DEADLINE.as_millis()).unwrap();
     let passed_on = millis(seen[0].as_deref().expect("a deadline on the first call"));
     assert!(
-        (1..=1500).contains(&passed_on),
+        (60_000 - slack..=60_000).contains(&passed_on),
         "first call got {passed_on} ms"
     );
     let default = millis(
@@ -322,28 +265,23 @@ async fn the_callers_deadline_is_passed_on_to_vessel_service() {
             .expect("the default deadline on the second call"),
     );
     assert!(
-        (6000..=7000).contains(&default),
+        (300_000 - slack..=300_000).contains(&default),
         "second call got {default} ms"
     );
 
-    consignments.stop().await;
+    consignments.stop().await.unwrap();
     registration.deregister().await;
     server.abort();
 }
 
 /// Asks a server's reflection service one question.
 async fn reflect(
-    address: SocketAddr,
+    channel: Channel,
     request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
 ) -> tonic_reflection::pb::v1::server_reflection_response::MessageResponse {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let question = ServerReflectionRequest {
         host: String::new(),
@@ -364,11 +302,11 @@ async fn reflect(
 }
 
 /// The services a server lists through reflection.
-async fn listed_services(address: SocketAddr) -> Vec<String> {
+async fn listed_services(channel: Channel) -> Vec<String> {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    match reflect(address, MessageRequest::ListServices(String::new())).await {
+    match reflect(channel, MessageRequest::ListServices(String::new())).await {
         MessageResponse::ListServicesResponse(list) => {
             let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
             names.sort();
@@ -379,13 +317,13 @@ async fn listed_services(address: SocketAddr) -> Vec<String> {
 }
 
 /// The methods of `service`, from the descriptors reflection serves for it.
-async fn resolved_methods(address: SocketAddr, service: &str) -> Vec<String> {
+async fn resolved_methods(channel: Channel, service: &str) -> Vec<String> {
     use prost::Message;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let answer = reflect(
-        address,
+        channel,
         MessageRequest::FileContainingSymbol(service.to_owned()),
     )
     .await;
@@ -407,16 +345,19 @@ async fn resolved_methods(address: SocketAddr, service: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn reflection_lists_what_each_server_serves_and_resolves_its_methods() {
-    let etcd = Etcd::start().await.unwrap();
-    let vessels = spawn_vessel_service(&etcd).await;
-    let consignments = spawn_consignment_service(&etcd, 1, &[]).await;
+    let registry = TestRegistry::shared().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let vessels = start_vessel_service(&registry, logs.path()).await;
+    let consignments = start_consignment_service(&registry, 1, &[]).await;
+    let vessel_channel = vessels.channel().await.unwrap();
+    let consignment_channel = consignments.channel().await.unwrap();
     let common = [
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
     ];
 
-    let vessel_services = listed_services(vessels.address).await;
-    let consignment_services = listed_services(consignments.address).await;
+    let vessel_services = listed_services(vessel_channel.clone()).await;
+    let consignment_services = listed_services(consignment_channel.clone()).await;
 
     let expected = |own: &str| {
         let mut names: Vec<String> = common.iter().map(|s| (*s).to_owned()).collect();
@@ -430,22 +371,18 @@ async fn reflection_lists_what_each_server_serves_and_resolves_its_methods() {
         expected("shippy.consignment.v1.ShippingService")
     );
     assert_eq!(
-        resolved_methods(vessels.address, "shippy.vessel.v1.VesselService").await,
+        resolved_methods(vessel_channel.clone(), "shippy.vessel.v1.VesselService").await,
         ["FindAvailable"]
     );
     assert_eq!(
-        resolved_methods(
-            consignments.address,
-            "shippy.consignment.v1.ShippingService"
-        )
-        .await,
+        resolved_methods(consignment_channel, "shippy.consignment.v1.ShippingService").await,
         ["CreateConsignment", "GetConsignments"]
     );
     assert_eq!(
-        resolved_methods(vessels.address, "grpc.health.v1.Health").await,
+        resolved_methods(vessel_channel.clone(), "grpc.health.v1.Health").await,
         ["Check", "Watch"]
     );
 
-    consignments.stop().await;
-    vessels.stop().await;
+    consignments.stop().await.unwrap();
+    assert!(vessels.stop().await.unwrap().success());
 }

@@ -1,82 +1,49 @@
 //! Durability through the real binaries: acknowledged consignments survive
 //! `kill -9`, parallel creates are stored once each, replicas share one
 //! PostgreSQL, and a store that cannot be opened stops the service at start
-//! with a clear error. etcd and PostgreSQL are real, private servers.
+//! with a clear error. etcd is the one this test binary shares, under a key
+//! prefix per test; PostgreSQL is a real, private server.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use shippy_proto::consignment::SERVICE_NAME;
 use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
-use shippy_test_support::{ChildGuard, Etcd, Postgres, free_port, spawn_service, wait_until};
+use shippy_test_support::fixtures::consignment;
+use shippy_test_support::{
+    DEADLINE, Postgres, Service, ServiceProcess, TestRegistry, free_port, spawn_service,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const DEADLINE: Duration = Duration::from_secs(20);
-const VESSELS: &str = "/shippy/services/shippy.service.vessel/";
-const CONSIGNMENTS: &str = "/shippy/services/shippy.service.consignment/";
-
 type Client = ShippingServiceClient<Channel>;
 
-async fn start_vessel_service(etcd: &Etcd, logs: &Path) -> ChildGuard {
-    let vessel = spawn_service("vessel-service", etcd.endpoint(), logs, "vessel", &[]).unwrap();
-    wait_until(DEADLINE, "vessel-service registered", || async {
-        !etcd.get_prefix(VESSELS).await.unwrap().is_empty()
-    })
-    .await
-    .unwrap();
-    vessel
+async fn start_vessel_service(registry: &TestRegistry, logs: &Path) -> ServiceProcess {
+    ServiceProcess::start(registry, Service::Vessel, logs, "vessel", &[])
+        .await
+        .unwrap()
 }
 
-/// Starts consignment-service on `address` with `env`, and a client once it answers.
+/// Starts consignment-service on `address` with `env`, and a client once it
+/// has registered (which it does once it serves).
 async fn start_consignment_service(
-    etcd: &Etcd,
+    registry: &TestRegistry,
     logs: &Path,
     name: &str,
     address: &str,
     env: &[(&str, &str)],
-) -> (ChildGuard, Client) {
-    let env = [&[("SHIPPY_LISTEN_ADDR", address)], env].concat();
-    let mut service =
-        spawn_service("consignment-service", etcd.endpoint(), logs, name, &env).unwrap();
-    wait_until(DEADLINE, &format!("{name} answering on {address}"), || {
-        if let Some(status) = service.try_exit().unwrap() {
-            panic!("{name} exited with {status}:\n{}", service.log_tail());
-        }
-        async move {
-            match Client::connect(format!("http://{address}")).await {
-                Ok(mut client) => client
-                    .get_consignments(pb::GetRequest::default())
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
-    .await
-    .unwrap();
-    let client = Client::connect(format!("http://{address}")).await.unwrap();
+) -> (ServiceProcess, Client) {
+    let service =
+        ServiceProcess::start_at(registry, Service::Consignment, logs, name, address, env)
+            .await
+            .unwrap();
+    let client = service.shipping_client().await.unwrap();
     (service, client)
-}
-
-fn consignment(id: &str) -> pb::Consignment {
-    pb::Consignment {
-        id: id.to_owned(),
-        description: format!("consignment {id}"),
-        weight: 100,
-        containers: vec![pb::Container {
-            id: String::new(),
-            customer_id: "cust001".into(),
-            origin: "Manchester, United Kingdom".into(),
-            user_id: "user001".into(),
-        }],
-        vessel_id: String::new(),
-    }
 }
 
 async fn stored_ids(client: &mut Client) -> Vec<String> {
@@ -93,14 +60,14 @@ async fn stored_ids(client: &mut Client) -> Vec<String> {
 
 #[tokio::test]
 async fn acknowledged_consignments_survive_kill_9() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let data = logs.path().join("data");
     let data_env = [("SHIPPY_DATA_DIR", data.to_str().unwrap())];
-    let _vessel = start_vessel_service(&etcd, logs.path()).await;
+    let _vessel = start_vessel_service(&registry, logs.path()).await;
     let address = format!("127.0.0.1:{}", free_port().unwrap());
     let (service, mut client) =
-        start_consignment_service(&etcd, logs.path(), "first", &address, &data_env).await;
+        start_consignment_service(&registry, logs.path(), "first", &address, &data_env).await;
 
     let created: Vec<String> = (0..25).map(|i| format!("durable-{i:02}")).collect();
     for id in &created {
@@ -119,19 +86,19 @@ async fn acknowledged_consignments_survive_kill_9() {
     drop(client);
 
     let (_service, mut client) =
-        start_consignment_service(&etcd, logs.path(), "restarted", &address, &data_env).await;
+        start_consignment_service(&registry, logs.path(), "restarted", &address, &data_env).await;
     assert_eq!(stored_ids(&mut client).await, created);
     assert!(data.join("consignments.sqlite3").is_file());
 }
 
 #[tokio::test]
 async fn parallel_creates_are_stored_exactly_once() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let _vessel = start_vessel_service(&etcd, logs.path()).await;
+    let _vessel = start_vessel_service(&registry, logs.path()).await;
     let address = format!("127.0.0.1:{}", free_port().unwrap());
     let (_service, client) =
-        start_consignment_service(&etcd, logs.path(), "consignment", &address, &[]).await;
+        start_consignment_service(&registry, logs.path(), "consignment", &address, &[]).await;
 
     // 100 distinct consignments, each sent twice at once: one of each pair
     // is stored, the other refused as a duplicate.
@@ -167,17 +134,29 @@ async fn parallel_creates_are_stored_exactly_once() {
 #[tokio::test]
 async fn replicas_on_one_postgres_see_each_others_consignments() {
     let postgres = Postgres::start().await.unwrap();
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let _vessel = start_vessel_service(&etcd, logs.path()).await;
+    let _vessel = start_vessel_service(&registry, logs.path()).await;
     let url = postgres.url();
     let database = [("SHIPPY_DATABASE_URL", url.as_str())];
     let first_address = format!("127.0.0.1:{}", free_port().unwrap());
     let second_address = format!("127.0.0.1:{}", free_port().unwrap());
     // Started together, so both migrate the same empty database at once.
     let ((_first, mut first), (_second, mut second)) = tokio::join!(
-        start_consignment_service(&etcd, logs.path(), "replica-1", &first_address, &database),
-        start_consignment_service(&etcd, logs.path(), "replica-2", &second_address, &database),
+        start_consignment_service(
+            &registry,
+            logs.path(),
+            "replica-1",
+            &first_address,
+            &database
+        ),
+        start_consignment_service(
+            &registry,
+            logs.path(),
+            "replica-2",
+            &second_address,
+            &database
+        ),
     );
 
     first
@@ -222,9 +201,13 @@ async fn replicas_on_one_postgres_see_each_others_consignments() {
 
 /// Starts consignment-service with `env` and returns its exit status and
 /// log once it has stopped.
-async fn failed_start(etcd: &Etcd, logs: &Path, name: &str, env: &[(&str, &str)]) -> String {
-    let mut service =
-        spawn_service("consignment-service", etcd.endpoint(), logs, name, env).unwrap();
+async fn failed_start(
+    registry: &TestRegistry,
+    logs: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> String {
+    let mut service = spawn_service(registry, Service::Consignment, logs, name, env).unwrap();
     let status = service.wait_exit(DEADLINE).await.unwrap();
     assert_eq!(
         status.code(),
@@ -237,13 +220,13 @@ async fn failed_start(etcd: &Etcd, logs: &Path, name: &str, env: &[(&str, &str)]
 
 #[tokio::test]
 async fn a_store_that_cannot_be_opened_stops_the_service_at_start() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
 
     let file = logs.path().join("a-file");
     std::fs::write(&file, "not a directory").unwrap();
     let log = failed_start(
-        &etcd,
+        &registry,
         logs.path(),
         "file",
         &[("SHIPPY_DATA_DIR", file.to_str().unwrap())],
@@ -258,7 +241,7 @@ async fn a_store_that_cannot_be_opened_stops_the_service_at_start() {
     std::fs::create_dir(&corrupt).unwrap();
     std::fs::write(corrupt.join("consignments.sqlite3"), vec![0x5a; 8192]).unwrap();
     let log = failed_start(
-        &etcd,
+        &registry,
         logs.path(),
         "corrupt",
         &[("SHIPPY_DATA_DIR", corrupt.to_str().unwrap())],
@@ -272,7 +255,7 @@ async fn a_store_that_cannot_be_opened_stops_the_service_at_start() {
         free_port().unwrap()
     );
     let log = failed_start(
-        &etcd,
+        &registry,
         logs.path(),
         "unreachable",
         &[("SHIPPY_DATABASE_URL", &url)],
@@ -285,5 +268,5 @@ async fn a_store_that_cannot_be_opened_stops_the_service_at_start() {
     assert!(!log.contains("secret"), "{log}");
 
     // None of them got as far as registering.
-    assert!(etcd.get_prefix(CONSIGNMENTS).await.unwrap().is_empty());
+    assert!(registry.instances(SERVICE_NAME).await.unwrap().is_empty());
 }

@@ -369,6 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn resuming_from_a_compacted_revision_reads_everything_again() {
+        // A private etcd: compaction drops history for every key on the server.
         let server = Etcd::start().await.unwrap();
         let keys = KeySpace::new("/p");
         let mut writer = server.client().await.unwrap();

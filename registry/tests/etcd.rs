@@ -1,21 +1,21 @@
-//! Registration and discovery against a real etcd process.
+//! Registration and discovery against a real etcd process: the one this
+//! test binary shares, under a key prefix per test, except where etcd
+//! itself must start late.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
-use shippy_registry::EtcdClient;
 use shippy_registry::discovery::read_instances;
-use shippy_registry::{
-    AdvertiseAddr, Discovery, KeySpace, Registration, RegistrationState, ServiceRecord,
-};
-use shippy_test_support::{Etcd, wait_until};
+use shippy_registry::{AdvertiseAddr, Discovery, Registration, RegistrationState, ServiceRecord};
+use shippy_test_support::{DEADLINE, Etcd, KeyVersion, TestRegistry, registered, wait_until};
 
 const SERVICE: &str = "shippy.service.test";
-const DEADLINE: Duration = Duration::from_secs(10);
 
 fn record(id: &str, address: &str) -> ServiceRecord {
     ServiceRecord {
@@ -26,37 +26,33 @@ fn record(id: &str, address: &str) -> ServiceRecord {
     }
 }
 
-async fn registered(registration: &Registration) {
-    let mut state = registration.state();
-    tokio::time::timeout(
-        DEADLINE,
-        state.wait_for(|s| *s == RegistrationState::Registered),
+/// Starts registering instance `id` of [`SERVICE`] in `registry` on a lease of `ttl`.
+async fn register(registry: &TestRegistry, id: &str, ttl: Duration) -> Registration {
+    Registration::spawn(
+        registry.etcd_client().await.unwrap(),
+        registry.keys().instance_key(SERVICE, id),
+        &record(id, "127.0.0.1:4000"),
+        ttl,
     )
-    .await
-    .expect("registered in time")
-    .expect("registration task alive");
 }
 
-async fn connect(server: &Etcd) -> EtcdClient {
-    EtcdClient::connect(&[server.endpoint().to_owned()])
+/// Which incarnation of `key` is stored; panics when there is none.
+async fn version(registry: &TestRegistry, key: &str) -> KeyVersion {
+    registry
+        .key_version(key)
         .await
         .unwrap()
+        .unwrap_or_else(|| panic!("{key} is not stored"))
 }
 
 #[tokio::test]
 async fn a_registration_is_on_a_lease_and_revoking_removes_it_at_once() {
-    let server = Etcd::start().await.unwrap();
-    let key = KeySpace::new("/shippy/services").instance_key(SERVICE, "one");
+    let registry = TestRegistry::shared().await.unwrap();
+    let registration = register(&registry, "one", Duration::from_secs(5)).await;
+    registered(registration.state()).await.unwrap();
+    let key = registration.key().to_owned();
 
-    let registration = Registration::spawn(
-        connect(&server).await,
-        key.clone(),
-        &record("one", "127.0.0.1:4000"),
-        Duration::from_secs(5),
-    );
-    registered(&registration).await;
-
-    let mut reader = server.client().await.unwrap();
+    let mut reader = registry.client().await.unwrap();
     let stored = reader.get(key.as_str(), None).await.unwrap();
     let kv = &stored.kvs()[0];
     assert_ne!(kv.lease(), 0, "the key must sit on a lease");
@@ -72,54 +68,28 @@ async fn a_registration_is_on_a_lease_and_revoking_removes_it_at_once() {
 
 #[tokio::test]
 async fn the_lease_is_renewed_beyond_its_ttl() {
-    let server = Etcd::start().await.unwrap();
-    let key = KeySpace::new("/p").instance_key(SERVICE, "kept");
-    let registration = Registration::spawn(
-        connect(&server).await,
-        key.clone(),
-        &record("kept", "127.0.0.1:4000"),
-        Duration::from_secs(2),
-    );
-    registered(&registration).await;
+    let registry = TestRegistry::shared().await.unwrap();
+    let registration = register(&registry, "kept", Duration::from_secs(2)).await;
+    registered(registration.state()).await.unwrap();
+    let kept = version(&registry, registration.key()).await;
 
-    // Outlive the lease twice over; only renewals keep the key.
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < until {
-        let present = server.get_prefix(&key).await.unwrap();
-        assert_eq!(
-            present.len(),
-            1,
-            "key vanished while the lease should be renewed"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Outlive the lease twice over; only renewals keep the key, and a key
+    // that expired and was put back would be a new incarnation on a new lease.
+    registry.outlive(4).await.unwrap();
+
+    assert_eq!(version(&registry, registration.key()).await, kept);
     registration.deregister().await;
 }
 
-/// How soon a registration must be back after etcd or an operator removed it.
-const RECOVERY: Duration = Duration::from_secs(2);
-
-/// The lease the key sits on, if the key exists.
-async fn lease_of(etcd: &Etcd, key: &str) -> Option<i64> {
-    let mut reader = etcd.client().await.unwrap();
-    let found = reader.get(key, None).await.unwrap();
-    found.kvs().first().map(|kv| kv.lease())
-}
-
 #[tokio::test]
-async fn a_revoked_lease_is_replaced_and_the_key_put_back_within_2s() {
-    let server = Etcd::start().await.unwrap();
-    let key = KeySpace::new("/p").instance_key(SERVICE, "again");
-    let registration = Registration::spawn(
-        connect(&server).await,
-        key.clone(),
-        &record("again", "127.0.0.1:4000"),
-        Duration::from_secs(10),
-    );
-    registered(&registration).await;
-    let lease = lease_of(&server, &key).await.unwrap();
+async fn a_revoked_lease_is_replaced_and_the_key_put_back() {
+    let registry = TestRegistry::shared().await.unwrap();
+    let registration = register(&registry, "again", Duration::from_secs(10)).await;
+    registered(registration.state()).await.unwrap();
+    let key = registration.key().to_owned();
+    let lease = version(&registry, &key).await.lease;
 
-    server
+    registry
         .client()
         .await
         .unwrap()
@@ -127,10 +97,12 @@ async fn a_revoked_lease_is_replaced_and_the_key_put_back_within_2s() {
         .await
         .unwrap();
 
-    wait_until(RECOVERY, "the key back on a new lease", || async {
-        lease_of(&server, &key)
+    wait_until(DEADLINE, "the key back on a new lease", || async {
+        registry
+            .key_version(&key)
             .await
-            .is_some_and(|now| now != lease)
+            .unwrap()
+            .is_some_and(|now| now.lease != lease)
     })
     .await
     .unwrap();
@@ -138,48 +110,87 @@ async fn a_revoked_lease_is_replaced_and_the_key_put_back_within_2s() {
 }
 
 #[tokio::test]
-async fn a_deleted_key_is_put_back_within_2s() {
-    let server = Etcd::start().await.unwrap();
-    let key = KeySpace::new("/p").instance_key(SERVICE, "deleted");
-    let registration = Registration::spawn(
-        connect(&server).await,
-        key.clone(),
-        &record("deleted", "127.0.0.1:4000"),
-        Duration::from_secs(10),
-    );
-    registered(&registration).await;
-    let lease = lease_of(&server, &key).await.unwrap();
+async fn a_deleted_key_is_put_back() {
+    let registry = TestRegistry::shared().await.unwrap();
+    let registration = register(&registry, "deleted", Duration::from_secs(10)).await;
+    registered(registration.state()).await.unwrap();
+    let key = registration.key().to_owned();
+    let lease = version(&registry, &key).await.lease;
 
     for _ in 0..3 {
-        server
+        registry
             .client()
             .await
             .unwrap()
             .delete(key.as_str(), None)
             .await
             .unwrap();
-        wait_until(RECOVERY, "the deleted key back", || async {
-            lease_of(&server, &key).await == Some(lease)
+        wait_until(DEADLINE, "the deleted key back", || async {
+            registry
+                .key_version(&key)
+                .await
+                .unwrap()
+                .is_some_and(|now| now.lease == lease)
         })
         .await
         .unwrap();
     }
     registration.deregister().await;
-    assert_eq!(lease_of(&server, &key).await, None);
+    assert_eq!(registry.key_version(&key).await.unwrap(), None);
+}
+
+/// Log output collected in memory, for a test that counts log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// How many lines logged so far contain `text`.
+    fn lines_containing(&self, text: &str) -> usize {
+        let bytes = self.0.lock().unwrap();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+}
+
+impl io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[tokio::test]
 async fn a_registration_started_before_etcd_lands_once_etcd_answers() {
-    let mut server = Etcd::not_started().unwrap();
-    let key = KeySpace::new("/p").instance_key(SERVICE, "early");
-    let registration = Registration::spawn(
-        connect(&server).await,
-        key.clone(),
-        &record("early", "127.0.0.1:4000"),
-        Duration::from_secs(10),
+    // The registration task runs on this test's single thread, so a
+    // thread-local subscriber sees its every attempt.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
     );
-    // Long enough for several failed attempts, which must not end the task.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A private etcd: this one starts only after the registration does.
+    let mut server = Etcd::not_started().unwrap();
+    let registry = server.registry();
+    let registration = register(&registry, "early", Duration::from_secs(10)).await;
+
+    // Several failed attempts (the first logged as a warning, the rest at
+    // debug), which must not end the task.
+    wait_until(DEADLINE, "three failed attempts", || async {
+        logs.lines_containing("etcd unreachable; will keep retrying") == 1
+            && logs.lines_containing("etcd still unreachable") >= 2
+    })
+    .await
+    .unwrap();
     assert_eq!(
         *registration.state().borrow(),
         RegistrationState::Registering
@@ -187,20 +198,22 @@ async fn a_registration_started_before_etcd_lands_once_etcd_answers() {
 
     server.restart().await.unwrap();
 
-    wait_until(RECOVERY, "the key once etcd answers", || async {
-        lease_of(&server, &key).await.is_some()
-    })
-    .await
-    .unwrap();
-    registered(&registration).await;
+    registered(registration.state()).await.unwrap();
+    assert!(
+        registry
+            .key_version(registration.key())
+            .await
+            .unwrap()
+            .is_some()
+    );
     registration.deregister().await;
 }
 
 #[tokio::test]
 async fn discovery_follows_instances_and_skips_malformed_records() {
-    let server = Etcd::start().await.unwrap();
-    let keys = KeySpace::new("/shippy/services");
-    let mut writer = server.client().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
+    let keys = registry.keys().clone();
+    let mut writer = registry.client().await.unwrap();
     let key = |id: &str| keys.instance_key(SERVICE, id);
 
     // One instance exists before discovery starts: found by the first read.
@@ -212,7 +225,7 @@ async fn discovery_follows_instances_and_skips_malformed_records() {
         )
         .await
         .unwrap();
-    let client = connect(&server).await;
+    let client = registry.etcd_client().await.unwrap();
     let discovery = Discovery::start(client.clone(), &keys, SERVICE).await;
     let instances = discovery.instances();
     let expect = |expected: &[(&str, &str)]| {

@@ -11,7 +11,16 @@
 //! sent, or when the call is dropped before any status, which is logged as
 //! DEADLINE_EXCEEDED when the caller's `grpc-timeout` has passed (tonic's
 //! timeout, which wraps this layer, drops the call) and as CANCELLED when
-//! the caller went away.
+//! the caller went away. A call whose request stream broke off (the caller
+//! reset it or closed the connection) is logged as CANCELLED too, at info,
+//! whatever error the handler made of the broken request: the caller left,
+//! nothing failed.
+//!
+//! A call whose request never arrived whole (the caller went away, or sent
+//! part of it and stopped until a deadline ended the call) costs a client
+//! next to nothing, so a flood of them must not flood the log: their lines
+//! go through a [`LogBudget`], a few written one by one and the rest
+//! summarised.
 //!
 //! Health checks log at debug, so that a healthcheck polling every few
 //! seconds does not bury the calls that matter; `RUST_LOG=debug` shows them.
@@ -24,27 +33,68 @@
 //! timeout or a vanished caller ends and an operator most needs to see.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use shippy_client::context::{self, CallContext, REQUEST_ID_HEADER};
 use shippy_client::status;
 use tokio::time::Instant;
-use tonic::Code;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
+use crate::log_budget::{LogBudget, Severity};
+
+/// Lines per [`crate::log_budget::WINDOW`] for calls whose request never
+/// arrived whole; the rest are summarised.
+const ABANDONED_LINES_PER_WINDOW: u32 = 10;
+
 /// Logs every call of the service it wraps.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestLogLayer;
+#[derive(Debug, Clone)]
+pub struct RequestLogLayer {
+    /// Shared by every call, so the allowance is the server's, not a
+    /// connection's.
+    abandoned: Arc<LogBudget>,
+}
+
+impl RequestLogLayer {
+    /// A call log with its own budget for lines about abandoned calls.
+    pub fn new() -> Self {
+        Self {
+            abandoned: LogBudget::new(
+                "calls whose request never arrived whole",
+                Severity::Info,
+                ABANDONED_LINES_PER_WINDOW,
+            ),
+        }
+    }
+
+    /// The budget of lines about abandoned calls, for
+    /// [`crate::log_budget::report`].
+    pub fn log_budget(&self) -> Arc<LogBudget> {
+        self.abandoned.clone()
+    }
+}
+
+impl Default for RequestLogLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl<S> Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner }
+        RequestLog {
+            inner,
+            abandoned: self.abandoned.clone(),
+        }
     }
 }
 
@@ -52,11 +102,12 @@ impl<S> Layer<S> for RequestLogLayer {
 #[derive(Debug, Clone)]
 pub struct RequestLog<S> {
     inner: S,
+    abandoned: Arc<LogBudget>,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequestLog<S>
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for RequestLog<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     ResBody: Body + Unpin,
 {
@@ -68,10 +119,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let started = Instant::now();
         let context = CallContext::from_headers(request.headers(), started);
         let id_header = HeaderValue::from_str(context.request_id.as_str()).ok();
+        let span = info_span!("call", request_id = %context.request_id);
+        let request_state = Arc::new(AtomicU8::new(INCOMPLETE));
+        let mut request = request.map(|body| {
+            tonic::body::Body::new(WatchedBody {
+                inner: body,
+                state: request_state.clone(),
+            })
+        });
         if let Some(value) = &id_header {
             // The handler reads the same id the log shows, even when the
             // caller sent none or an unusable one.
@@ -79,7 +138,6 @@ where
                 .headers_mut()
                 .insert(REQUEST_ID_HEADER, value.clone());
         }
-        let span = info_span!("call", request_id = %context.request_id);
         // Made now, so that a call dropped at any point is still logged.
         let record = CallRecord {
             method: request.uri().path().trim_start_matches('/').to_owned(),
@@ -87,6 +145,8 @@ where
             deadline: context.deadline,
             span: span.clone(),
             status: None,
+            request: request_state,
+            abandoned: self.abandoned.clone(),
         };
         let handled = context::scope(context, self.inner.call(request)).instrument(span);
         Box::pin(async move {
@@ -142,6 +202,48 @@ impl<B: Body + Unpin> Body for LoggedBody<B> {
     }
 }
 
+/// The request stream has not ended yet.
+const INCOMPLETE: u8 = 0;
+/// The request stream ended: the whole request arrived.
+const COMPLETE: u8 = 1;
+/// The request stream failed: the caller reset it or the connection went.
+const BROKEN: u8 = 2;
+
+/// A request body that records whether it arrived whole.
+struct WatchedBody {
+    inner: tonic::body::Body,
+    /// [`INCOMPLETE`], [`COMPLETE`] or [`BROKEN`], shared with the call's record.
+    state: Arc<AtomicU8>,
+}
+
+impl Body for WatchedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let state = match &frame {
+            None => COMPLETE,
+            Some(Err(_)) => BROKEN,
+            Some(Ok(_)) if self.inner.is_end_stream() => COMPLETE,
+            Some(Ok(_)) => INCOMPLETE,
+        };
+        self.state.store(state, Ordering::Relaxed);
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What is known of a call until its log line is written, on drop.
 #[derive(Debug)]
 struct CallRecord {
@@ -154,6 +256,10 @@ struct CallRecord {
     span: Span,
     /// The gRPC status once the response carried one.
     status: Option<Code>,
+    /// How far the request stream came: [`INCOMPLETE`], [`COMPLETE`] or [`BROKEN`].
+    request: Arc<AtomicU8>,
+    /// The allowance of lines for calls whose request never arrived whole.
+    abandoned: Arc<LogBudget>,
 }
 
 impl Drop for CallRecord {
@@ -162,7 +268,14 @@ impl Drop for CallRecord {
         // Milliseconds with microsecond precision read best in both formats.
         let latency_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
         let method = self.method.as_str();
+        let request = self.request.load(Ordering::Relaxed);
         let (status, message) = match self.status {
+            // Whatever the handler made of a request that broke off (tonic
+            // says UNKNOWN or INTERNAL), the caller left and nothing failed.
+            Some(code) if request == BROKEN && code != Code::Ok => (
+                "CANCELLED",
+                "the caller broke off its request before it was complete",
+            ),
             Some(code) => (status::name(code), ""),
             None if self
                 .deadline
@@ -178,12 +291,15 @@ impl Drop for CallRecord {
                 "the caller went away before the call was answered",
             ),
         };
-        let failed = matches!(
-            self.status,
-            Some(Code::Internal | Code::Unknown | Code::DataLoss)
-        );
+        let failed = request != BROKEN
+            && matches!(
+                self.status,
+                Some(Code::Internal | Code::Unknown | Code::DataLoss)
+            );
         if method.starts_with("grpc.health.v1.Health/") {
             debug!(method = %method, status = %status, latency_ms, "call handled");
+        } else if request != COMPLETE && self.status != Some(Code::Ok) && !self.abandoned.admit() {
+            // Counted for the summary instead.
         } else if failed {
             warn!(method = %method, status = %status, latency_ms, "call failed");
         } else if message.is_empty() {
@@ -226,7 +342,7 @@ mod tests {
 
     /// A handler that answers OK at once for `/t.S/Fast` and never for anything else.
     async fn handler(
-        request: http::Request<()>,
+        request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, Infallible> {
         if request.uri().path() != "/t.S/Fast" {
             std::future::pending::<()>().await;
@@ -255,13 +371,13 @@ mod tests {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let mut service = RequestLogLayer.layer(tower::service_fn(handler));
+                let mut service = RequestLogLayer::new().layer(tower::service_fn(handler));
                 let call = |path: &str, timeout: Option<&'static str>| {
                     let mut request = http::Request::builder().uri(path);
                     if let Some(timeout) = timeout {
                         request = request.header("grpc-timeout", timeout);
                     }
-                    request.body(()).unwrap()
+                    request.body(tonic::body::Body::empty()).unwrap()
                 };
                 let answered = service.call(call("/t.S/Fast", None)).await.unwrap();
                 drop(answered);
@@ -292,6 +408,59 @@ mod tests {
             lines.iter().all(|line| line.contains("call{request_id=")),
             "{logs}"
         );
+    }
+
+    /// A request body that fails, as one whose caller reset the stream.
+    struct Broken;
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(Some(Err(Status::unknown(
+                "h2 protocol error: stream reset",
+            ))))
+        }
+    }
+
+    /// Reads the request body and answers UNKNOWN when it fails, as tonic does.
+    async fn reads_body(
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+        let mut body = request.into_body();
+        let read = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(matches!(read, Some(Err(_))));
+        Ok(Status::unknown("h2 protocol error: stream reset").into_http())
+    }
+
+    #[test]
+    fn a_caller_that_broke_off_its_request_is_cancelled_not_failed() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut service = RequestLogLayer::new().layer(tower::service_fn(reads_body));
+                let request = http::Request::builder()
+                    .uri("/t.S/Gone")
+                    .body(tonic::body::Body::new(Broken))
+                    .unwrap();
+                drop(service.call(request).await.unwrap());
+            });
+        });
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(logs.contains(" INFO "), "{logs}");
+        assert!(logs.contains("method=t.S/Gone status=CANCELLED"), "{logs}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The shared body of the service binaries' `main`: probe another
-//! instance's health, or log and serve until the service's future ends.
+//! instance's health, or log, raise the open-files limit and serve until
+//! the service's future ends.
 
 // A probe's verdict is its standard output.
 #![allow(clippy::print_stdout)]
@@ -10,11 +11,12 @@ use std::process::ExitCode;
 use shippy_client::health;
 
 use crate::config::ServerArgs;
-use crate::telemetry;
+use crate::{connection, telemetry};
 
 /// With `--probe`, checks that instance's health and returns its verdict;
-/// otherwise starts logging in the configured format and runs `serve`,
-/// logging its error if it fails.
+/// otherwise starts logging in the configured format, raises the soft
+/// open-files limit to the hard one (so the connection cap can follow it)
+/// and runs `serve`, logging its error if it fails.
 pub async fn run<F, Fut>(args: &ServerArgs, serve: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
@@ -33,6 +35,7 @@ where
         };
     }
     let _flush_on_exit = telemetry::init(args.log_format);
+    connection::raise_open_files_limit();
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -4,36 +4,48 @@
 //! Both services run through [`RegisteredServer`], so they start and stop the
 //! same way. The stop order matters: health turns NOT_SERVING and the
 //! registration goes first, so callers stop picking this instance before it
-//! stops accepting; then in-flight calls get a grace period to finish.
+//! stops accepting; then in-flight calls get a grace period to finish. A
+//! drain cut short, by the grace period or by a second stop signal, is an
+//! error, so the process exits non-zero: calls were abandoned.
+//!
+//! What the server allows a client (see [`crate::config`] for the values
+//! and why): streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS;
+//! streams beyond it are refused, and a connection that has had
+//! [`MAX_REFUSED_STREAMS`] refused is sent GOAWAY), HTTP/2 keepalive pings
+//! that find dead peers, a default deadline for calls without one and a
+//! gRPC content-type ([`crate::call_guard`]), a handshake timeout and a
+//! connection cap ([`crate::connection`]).
 
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use tokio::net::TcpListener;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::Stream;
 use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_reflection::server::{v1, v1alpha};
 use tower::util::MapResponseLayer;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use shippy_registry::{
     AdvertiseAddr, EtcdClient, Registration, RegistrationState, RegistryArgs, ServiceRecord,
 };
 
+use crate::call_guard::CallGuardLayer;
 use crate::call_log::RequestLogLayer;
 use crate::config::ServerArgs;
+use crate::connection::{self, Admission};
 use crate::health::HealthStatus;
+use crate::{log_budget, shutdown};
 
-/// How long accepting pauses after an accept error.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Refused streams after which a connection is sent GOAWAY
+/// (ENHANCE_YOUR_CALM): hyper's own default, which tonic's builder replaces
+/// with no limit unless one is set. A client that respects
+/// SETTINGS_MAX_CONCURRENT_STREAMS has none refused.
+pub const MAX_REFUSED_STREAMS: usize = 1024;
 
 /// A bound, not yet serving, gRPC server that will register itself.
 pub struct RegisteredServer {
@@ -139,13 +151,28 @@ impl RegisteredServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         let (stop_accepting, stopped) = oneshot::channel::<()>();
-        let incoming = accept_connections(self.listener);
+        let admission = Admission::new(
+            connection::connection_limit(self.args.max_connections),
+            self.args.handshake_timeout(),
+        );
+        let call_log = RequestLogLayer::new();
+        let mut budgets = admission.log_budgets();
+        budgets.push(call_log.log_budget());
+        let summaries = AbortOnDrop(tokio::spawn(log_budget::report(budgets)));
+        let max_connections = admission.limit();
+        let incoming = connection::accept(self.listener, admission);
         let mut server = tokio::spawn(
             Server::builder()
-                // Outside the size-limit mapping, so the log shows the status
-                // callers receive. (tonic's own timeout wraps both; the log
-                // names a call it drops as DEADLINE_EXCEEDED.)
-                .layer(RequestLogLayer)
+                .max_concurrent_streams(self.args.max_concurrent_streams)
+                .http2_max_local_error_reset_streams(Some(MAX_REFUSED_STREAMS))
+                .http2_keepalive_interval(Some(self.args.keepalive_interval()))
+                .http2_keepalive_timeout(Some(self.args.keepalive_timeout()))
+                // Outside the size-limit mapping and the call guard, so the
+                // log shows the status callers receive. (tonic's own timeout
+                // wraps them all; the log names a call it drops as
+                // DEADLINE_EXCEEDED.)
+                .layer(call_log)
+                .layer(CallGuardLayer::new(self.args.default_deadline()))
                 .layer(MapResponseLayer::new(oversized_is_resource_exhausted))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -157,6 +184,7 @@ impl RegisteredServer {
             service = %self.record.name,
             address = %self.record.address,
             key = %self.key,
+            max_connections,
             "serving"
         );
         let registration = Registration::spawn_reporting(
@@ -191,44 +219,40 @@ impl RegisteredServer {
         let _ = stop_accepting.send(());
         health.end_watches().await;
         let grace = self.args.shutdown_grace();
-        let result = match tokio::time::timeout(grace, &mut server).await {
-            Ok(joined) => joined
+        let result = tokio::select! {
+            joined = &mut server => joined
                 .context("server task failed")?
                 .context("gRPC server stopped"),
-            Err(_) => {
-                warn!(
-                    grace_secs = grace.as_secs(),
-                    "in-flight calls did not finish within the grace period; stopping anyway"
-                );
+            () = tokio::time::sleep(grace) => {
                 server.abort();
-                Ok(())
+                Err(anyhow!(
+                    "in-flight calls did not finish within the {}s grace period; \
+                     they were abandoned",
+                    grace.as_secs()
+                ))
+            }
+            () = shutdown::repeated() => {
+                server.abort();
+                Err(anyhow!(
+                    "a second stop signal arrived while draining; in-flight calls were abandoned"
+                ))
             }
         };
-        info!("stopped");
+        drop(summaries);
+        if result.is_ok() {
+            info!("stopped");
+        }
         result
     }
 }
 
-/// Accepted connections, with Nagle's algorithm off (small gRPC messages
-/// should not wait). An accept error such as running out of file
-/// descriptors pauses accepting briefly instead of retrying in a busy loop.
-fn accept_connections(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if let Err(err) = stream.set_nodelay(true) {
-                        debug!(error = %err, "cannot set TCP_NODELAY");
-                    }
-                    return Some((Ok(stream), listener));
-                }
-                Err(err) => {
-                    warn!(error = %err, "cannot accept a connection; pausing");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            }
-        }
-    })
+/// Aborts a background task when dropped, so that it ends with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What a server serves.

@@ -1,19 +1,17 @@
-//! vessel-service over gRPC, registered in a real etcd.
+//! vessel-service over gRPC, registered in a real etcd: the one this test
+//! binary shares, under a key prefix per test, except where etcd itself
+//! must start late.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use clap::Parser;
+use shippy_proto::vessel::SERVICE_NAME;
 use shippy_proto::vessel::v1 as pb;
-use shippy_proto::vessel::v1::vessel_service_client::VesselServiceClient;
 use shippy_registry::RegistrationState;
-use shippy_test_support::Etcd;
+use shippy_test_support::{DEADLINE, Etcd, InProcessService, TestRegistry, registered};
 use tonic::Code;
 use vessel_service::{Application, Config};
-
-const DEADLINE: Duration = Duration::from_secs(10);
 
 fn spec(capacity: i32, max_weight: i32) -> pb::Specification {
     pb::Specification {
@@ -22,45 +20,53 @@ fn spec(capacity: i32, max_weight: i32) -> pb::Specification {
     }
 }
 
+/// vessel-service's config: listening on a free port, registering in
+/// `registry`, with `extra` flags.
+fn config(registry: &TestRegistry, extra: &[&str]) -> Config {
+    let args = ["vessel-service", "--listen=127.0.0.1:0"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(registry.args())
+        .chain(extra.iter().map(|arg| (*arg).to_owned()));
+    Config::try_parse_from(args).unwrap()
+}
+
+/// Builds vessel-service with `extra` flags and runs it on a task; returns
+/// at once, before it has registered.
+async fn start(registry: &TestRegistry, extra: &[&str]) -> InProcessService {
+    let app = Application::build(config(registry, extra)).await.unwrap();
+    let server = app.server();
+    let (address, key, state) = (
+        server.local_addr().unwrap(),
+        server.key().to_owned(),
+        server.registration_state(),
+    );
+    InProcessService::spawn(address, &key, state, |stop| app.run_until_stopped(stop))
+}
+
 #[tokio::test]
 async fn vessel_service_registers_answers_and_deregisters_on_stop() {
-    let etcd = Etcd::start().await.unwrap();
-    let config = Config::try_parse_from([
-        "vessel-service",
-        "--listen=127.0.0.1:0",
-        &format!("--etcd-endpoints={}", etcd.endpoint()),
-        "--registry-prefix=/test/services",
-    ])
-    .unwrap();
-    let app = Application::build(config).await.unwrap();
-    let address = app.server().local_addr().unwrap();
-    let key = app.server().key().to_owned();
-    let mut state = app.server().registration_state();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    tokio::time::timeout(
-        DEADLINE,
-        state.wait_for(|s| *s == RegistrationState::Registered),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
+    let app = start(&registry, &[]).await;
+    let state = app.registration_state();
+    registered(app.registration_state()).await.unwrap();
 
     // Registered under the documented key, with a dialable address.
+    let key = app.key().to_owned();
     assert!(
-        key.starts_with("/test/services/shippy.service.vessel/"),
+        key.starts_with(&registry.keys().service_prefix(SERVICE_NAME)),
         "{key}"
     );
-    let stored = etcd.get_prefix(&key).await.unwrap();
-    let record: serde_json::Value = serde_json::from_str(&stored[0].1).unwrap();
-    assert_eq!(record["name"], "shippy.service.vessel");
-    assert_eq!(record["address"], address.to_string());
+    let instances = registry.instances(SERVICE_NAME).await.unwrap();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(instances[0].key, key);
+    assert_eq!(instances[0].record.name, SERVICE_NAME);
+    assert_eq!(
+        instances[0].record.address.to_string(),
+        app.address().to_string()
+    );
 
-    let mut client = VesselServiceClient::connect(format!("http://{address}"))
-        .await
-        .unwrap();
+    let mut client = app.vessel_client().await.unwrap();
 
     let found = client.find_available(spec(3, 55_000)).await.unwrap();
     let vessel = found.into_inner().vessel.unwrap();
@@ -83,10 +89,9 @@ async fn vessel_service_registers_answers_and_deregisters_on_stop() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("capacity"), "{}", err.message());
 
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    app.stop().await.unwrap();
     assert!(
-        etcd.get_prefix(&key).await.unwrap().is_empty(),
+        registry.key_version(&key).await.unwrap().is_none(),
         "key left behind after stop"
     );
     assert_eq!(*state.borrow(), RegistrationState::Deregistered);
@@ -94,7 +99,7 @@ async fn vessel_service_registers_answers_and_deregisters_on_stop() {
 
 #[tokio::test]
 async fn a_bad_fleet_file_stops_start_up_with_a_clear_error() {
-    let etcd = Etcd::start().await.unwrap();
+    let registry = TestRegistry::shared().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let fleet = dir.path().join("fleet.json");
     std::fs::write(
@@ -102,15 +107,9 @@ async fn a_bad_fleet_file_stops_start_up_with_a_clear_error() {
         r#"[{"id": "v1", "name": "V", "capacity": -3, "max_weight": 1}]"#,
     )
     .unwrap();
-    let config = Config::try_parse_from([
-        "vessel-service",
-        "--listen=127.0.0.1:0",
-        &format!("--etcd-endpoints={}", etcd.endpoint()),
-        &format!("--fleet-file={}", fleet.display()),
-    ])
-    .unwrap();
+    let fleet_flag = format!("--fleet-file={}", fleet.display());
 
-    let err = Application::build(config)
+    let err = Application::build(config(&registry, &[&fleet_flag]))
         .await
         .err()
         .expect("start-up fails");
@@ -126,25 +125,11 @@ async fn health_is_serving_only_while_registered_and_not_while_stopping() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
+    // A private etcd, started only once the service is up. The longest
+    // grace period, so a stop that waited it out would never finish in time.
     let mut etcd = Etcd::not_started().unwrap();
-    let config = Config::try_parse_from([
-        "vessel-service",
-        "--listen=127.0.0.1:0",
-        &format!("--etcd-endpoints={}", etcd.endpoint()),
-    ])
-    .unwrap();
-    let app = Application::build(config).await.unwrap();
-    let address = app.server().local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut app = start(&etcd.registry(), &["--shutdown-grace=3600"]).await;
+    let mut health = HealthClient::new(app.channel().await.unwrap());
     let ask = |service: &str| HealthCheckRequest {
         service: service.to_owned(),
     };
@@ -168,20 +153,18 @@ async fn health_is_serving_only_while_registered_and_not_while_stopping() {
     etcd.restart().await.unwrap();
     assert_eq!(next_status(&mut watch).await, ServingStatus::Serving as i32);
 
-    stop.send(()).unwrap();
+    app.request_stop();
     assert_eq!(
         next_status(&mut watch).await,
         ServingStatus::NotServing as i32
     );
     // The drain ends open watch streams instead of waiting out the grace
-    // period (10 s by default) for them.
+    // period for them.
     let ended = tokio::time::timeout(DEADLINE, watch.message()).await;
     assert!(matches!(ended, Ok(Ok(None))), "{ended:?}");
-    tokio::time::timeout(Duration::from_secs(5), running)
+    app.stopped()
         .await
-        .expect("stopped without waiting for the watcher")
-        .unwrap()
-        .unwrap();
+        .expect("stopped without waiting for the watcher");
 }
 
 /// The next status a health watch stream reports.

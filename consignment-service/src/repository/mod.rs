@@ -4,7 +4,8 @@
 //! start and the handlers do not change:
 //!
 //! - [`sqlite`]: the default, an embedded SQLite file in the data directory,
-//!   in WAL mode, each create committed (and synced) before it is answered.
+//!   in WAL mode, each create committed (and synced) before it is answered;
+//!   creates that arrive together share a commit ([`group_commit`]).
 //! - [`postgres`]: a PostgreSQL database several replicas can share; its
 //!   schema is migrated on start.
 //! - [`memory`]: process memory, for tests; lost on exit.
@@ -24,6 +25,7 @@
 //! containers column that does not parse) fails the read with an internal
 //! error naming the row, rather than being clamped or skipped.
 
+mod group_commit;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;

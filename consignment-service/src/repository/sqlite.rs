@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file, in WAL mode, with every create
 //! committed and synced to disk before it is answered, so a crash (even
-//! `kill -9` or a power cut) loses nothing that was acknowledged.
+//! `kill -9` or a power cut) loses nothing that was acknowledged. Creates
+//! that arrive together share one commit ([`GroupCommit`]).
 //!
 //! A full disk shows up as SQLite's FULL when a write runs out of space,
 //! but as one of its I/O errors when growing the WAL index or syncing does
@@ -20,8 +21,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::group_commit::GroupCommit;
 use super::{
-    ConsignmentRepository, containers_to_json, database_error_in, row_to_consignment, sqlite_code,
+    ConsignmentRepository, database_error_in, row_to_consignment, sqlite_code,
     start_failed_on_full_disk, store_error,
 };
 use crate::domain::Consignment;
@@ -43,6 +45,8 @@ const LOW_SPACE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct SqliteRepository {
     pool: SqlitePool,
+    /// Every insert goes through it.
+    writer: GroupCommit,
     /// The directory holding the file, whose free space tells a full disk
     /// from another I/O error.
     dir: PathBuf,
@@ -92,17 +96,22 @@ impl SqliteRepository {
                     path.display()
                 )
             })?;
-        Ok(Self { pool, dir })
+        Ok(Self {
+            writer: GroupCommit::start(pool.clone(), dir.clone()),
+            pool,
+            dir,
+        })
     }
+}
 
-    /// A failure of the store as the caller sees it, with a full disk told
-    /// apart from other I/O errors.
-    fn error(&self, id: &str, err: sqlx::Error) -> ConsignmentError {
-        if io_error_on_full_disk(&self.dir, &err) {
-            return ConsignmentError::DiskFull(format!("{err} ({})", free_space(&self.dir)));
-        }
-        store_error(id, err)
+/// A failure of the store in `dir` as the caller sees it (`id`: the
+/// consignment being created, if any), with a full disk told apart from
+/// other I/O errors.
+pub(super) fn failure(dir: &Path, id: &str, err: sqlx::Error) -> ConsignmentError {
+    if io_error_on_full_disk(dir, &err) {
+        return ConsignmentError::DiskFull(format!("{err} ({})", free_space(dir)));
     }
+    store_error(id, err)
 }
 
 /// Why the store cannot be opened, in one line; a full disk says so first.
@@ -179,20 +188,7 @@ fn disk_full_first(err: io::Error) -> anyhow::Error {
 #[async_trait]
 impl ConsignmentRepository for SqliteRepository {
     async fn create(&self, consignment: Consignment) -> Result<Consignment, ConsignmentError> {
-        let containers = containers_to_json(&consignment.containers)?;
-        sqlx::query(
-            "INSERT INTO consignments (id, description, weight, vessel_id, containers) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&consignment.id)
-        .bind(&consignment.description)
-        .bind(i64::from(consignment.weight))
-        .bind(&consignment.vessel_id)
-        .bind(containers)
-        .execute(&self.pool)
-        .await
-        .map_err(|err| self.error(&consignment.id, err))?;
-        Ok(consignment)
+        self.writer.create(consignment).await
     }
 
     fn scan(
@@ -208,7 +204,7 @@ impl ConsignmentRepository for SqliteRepository {
         .bind(i64::from(limit))
         .fetch(&self.pool)
         .map(|row| {
-            row.map_err(|err| self.error("", err))
+            row.map_err(|err| failure(&self.dir, "", err))
                 .and_then(|row| row_to_consignment(&row))
         })
         .boxed()
@@ -298,6 +294,52 @@ mod tests {
             message.contains("\"heavy\"") && message.contains("3000000000"),
             "{message}"
         );
+    }
+
+    /// Creates `ids` at once: on a current-thread runtime each is queued
+    /// before the writer runs, so they make one batch.
+    async fn create_together(
+        store: &SqliteRepository,
+        ids: &[&str],
+    ) -> Vec<Result<Consignment, ConsignmentError>> {
+        let creates = ids.iter().map(|id| store.create(contract::consignment(id)));
+        futures::future::join_all(creates).await
+    }
+
+    #[tokio::test]
+    async fn a_taken_id_fails_only_its_own_create_in_a_batch() {
+        let (_dir, store) = store().await;
+        let answers = create_together(&store, &["a", "b", "a"]).await;
+        assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+        assert!(
+            matches!(&answers[2], Err(ConsignmentError::AlreadyExists(id)) if id == "a"),
+            "{answers:?}"
+        );
+        let all = contract::all(&store).await;
+        let ids: Vec<_> = all.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_every_create_in_its_batch_and_stores_none() {
+        let (_dir, store) = store().await;
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON consignments WHEN NEW.id = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let answers = create_together(&store, &["x", "poison", "y"]).await;
+        for answer in &answers {
+            assert!(
+                matches!(answer, Err(ConsignmentError::Internal(cause)) if format!("{cause:#}").contains("poisoned row")),
+                "{answers:?}"
+            );
+        }
+        assert_eq!(contract::all(&store).await, []);
+        // The writer goes on with the next batch.
+        store.create(contract::consignment("z")).await.unwrap();
     }
 
     #[tokio::test]
