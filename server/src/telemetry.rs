@@ -11,11 +11,12 @@
 use std::fmt;
 use std::io::IsTerminal;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+
+use crate::log_writer::{BatchedStderr, FlushOnDrop};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -30,15 +31,12 @@ pub enum LogFormat {
 /// Sends logs to stderr in `format`. `RUST_LOG` sets the filter; without it,
 /// shippy's own crates log at info and everything else at warn.
 ///
-/// Lines are written by a background thread, so a call does not pay for
-/// the write itself; only when that thread's queue is full does a caller
-/// wait, rather than a line being dropped. Keep the returned guard until
-/// exit: dropping it flushes what is still queued.
-#[must_use = "dropping the guard stops log output"]
-pub fn init(format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+/// Lines are written in batches by a background thread
+/// ([`crate::log_writer`]), so a call pays neither for the write nor for
+/// waking that thread; no line is dropped. Keep the returned guard until
+/// exit: dropping it writes what is still buffered.
+pub fn init(format: LogFormat) -> std::io::Result<FlushOnDrop> {
+    let (writer, guard) = BatchedStderr::start()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(
             "warn,shippy_registry=info,shippy_server=info,shippy_client=info,vessel_service=info,consignment_service=info",
@@ -61,7 +59,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
             .with_span_list(true)
             .init(),
     }
-    guard
+    Ok(guard)
 }
 
 /// The text format's fields (`name=value`, the message bare), as
