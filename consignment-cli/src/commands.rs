@@ -17,11 +17,30 @@ type Client = ShippingServiceClient<ServiceChannel>;
 const PAGE_SIZE: i32 = 500;
 
 /// The original CLI's behaviour: submit the file, then list everything.
+///
+/// When the listing fails after the consignment was stored, the created
+/// consignment is still printed, then the listing's error, with exit
+/// status 1 (a service failure): never 2, which would tell the user the
+/// file was at fault and invite a second submission of the same thing.
 pub async fn submit_and_list(args: &CreateArgs) -> Result<(), Failure> {
     let consignment = read_file(&args.file)?;
     let mut client = client(&args.connection).await?;
     let created = create_consignment(&mut client, consignment).await?;
-    let all = get_consignments(&mut client).await?;
+    let all = match get_consignments(&mut client).await {
+        Ok(all) => all,
+        Err(status) => {
+            if args.format.json {
+                println!("{}", output::created_json(&created));
+            } else {
+                print!("{}", output::created(&created));
+            }
+            return Err(Failure::Service(format!(
+                "consignment {} was created, but listing the consignments failed: {}",
+                created.consignment.id,
+                output::status("GetConsignments", &status)
+            )));
+        }
+    };
     if args.format.json {
         println!("{}", output::submitted_json(&created, &all));
     } else {
@@ -47,7 +66,9 @@ pub async fn create(args: &CreateArgs) -> Result<(), Failure> {
 /// `list`: print every stored consignment.
 pub async fn list(args: &ListArgs) -> Result<(), Failure> {
     let mut client = client(&args.connection).await?;
-    let all = get_consignments(&mut client).await?;
+    let all = get_consignments(&mut client)
+        .await
+        .map_err(|status| Failure::from_status("GetConsignments", &status))?;
     if args.format.json {
         println!("{}", output::listing_json(&all));
     } else {
@@ -124,9 +145,10 @@ async fn create_consignment(
     })
 }
 
-/// Every stored consignment, fetched a page at a time so that a large store
-/// never needs one oversized response.
-async fn get_consignments(client: &mut Client) -> Result<Vec<pb::Consignment>, Failure> {
+/// Every stored consignment, fetched a page at a time. The service ends a
+/// page before it would pass gRPC's 4 MiB message limit, however large the
+/// consignments, so every page decodes.
+async fn get_consignments(client: &mut Client) -> Result<Vec<pb::Consignment>, tonic::Status> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -134,11 +156,7 @@ async fn get_consignments(client: &mut Client) -> Result<Vec<pb::Consignment>, F
             page_size: PAGE_SIZE,
             page_token,
         });
-        let page = client
-            .get_consignments(request)
-            .await
-            .map_err(|status| Failure::from_status("GetConsignments", &status))?
-            .into_inner();
+        let page = client.get_consignments(request).await?.into_inner();
         all.extend(page.consignments);
         if page.next_page_token.is_empty() {
             return Ok(all);

@@ -58,14 +58,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::List(args)) => commands::list(&args).await,
         Some(Command::Services(args)) => commands::services(&args).await,
     };
+    // Messages carry services' answers and file names: escaped, so that
+    // the one error line stays one line and inert on a terminal.
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::BadInput(message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", output::escape(&message));
             ExitCode::from(2)
         }
         Err(Failure::Service(message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", output::escape(&message));
             ExitCode::from(1)
         }
     }

@@ -3,7 +3,14 @@
 //! A consignment in JSON is the serde form of the wire message (declared in
 //! shippy-proto's build.rs): the input file's field names plus `id` and
 //! `vessel_id`, with no copy of the shape kept here.
+//!
+//! Everything shown comes from outside (a service's answers, etcd's keys
+//! and records, file names), so text goes through [`escape`] before it
+//! reaches the terminal: a newline cannot forge a row, and an escape
+//! sequence cannot retitle, clear or recolour the terminal. JSON escapes
+//! control characters itself; [`to_json`] adds the few it leaves raw.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -23,28 +30,56 @@ pub struct Created {
     pub request_id: RequestId,
 }
 
+/// `text` with every control character (C0, DEL, C1) and the Unicode line
+/// and paragraph separators written as a Rust-style escape (`\n`, `\r`,
+/// `\u{1b}`), so that it shows as one inert run of text on a terminal.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            let _ = write!(escaped, "{}", c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
 /// The created consignment, field by field.
 pub fn created(created: &Created) -> String {
     let consignment = &created.consignment;
     let mut out = String::new();
-    let _ = writeln!(out, "Created consignment {}", consignment.id);
-    let _ = writeln!(out, "  vessel_id:   {}", consignment.vessel_id);
-    let _ = writeln!(out, "  description: {}", consignment.description);
+    let _ = writeln!(out, "Created consignment {}", escape(&consignment.id));
+    let _ = writeln!(out, "  vessel_id:   {}", escape(&consignment.vessel_id));
+    let _ = writeln!(out, "  description: {}", escape(&consignment.description));
     let _ = writeln!(out, "  weight:      {} kg", consignment.weight);
     let _ = writeln!(out, "  containers:  {}", consignment.containers.len());
     for container in &consignment.containers {
         let id = if container.id.is_empty() {
             String::new()
         } else {
-            format!("{} ", container.id)
+            format!("{} ", escape(&container.id))
         };
         let _ = writeln!(
             out,
             "    - {id}customer {} from {} (user {})",
-            container.customer_id, container.origin, container.user_id
+            escape(&container.customer_id),
+            escape(&container.origin),
+            escape(&container.user_id)
         );
     }
-    let _ = writeln!(out, "  request_id:  {}", created.request_id);
+    let _ = writeln!(
+        out,
+        "  request_id:  {}",
+        escape(created.request_id.as_str())
+    );
     out
 }
 
@@ -52,15 +87,19 @@ pub fn created(created: &Created) -> String {
 pub fn listing(consignments: &[pb::Consignment]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "All consignments ({}):", consignments.len());
-    let id_width = consignments
+    let rows: Vec<_> = consignments
         .iter()
-        .map(|c| c.id.chars().count())
+        .map(|c| (escape(&c.id), escape(&c.vessel_id), c))
+        .collect();
+    let id_width = rows
+        .iter()
+        .map(|(id, _, _)| id.chars().count())
         .max()
         .unwrap_or(0)
         .max("ID".len());
-    let vessel_width = consignments
+    let vessel_width = rows
         .iter()
-        .map(|c| c.vessel_id.chars().count())
+        .map(|(_, vessel, _)| vessel.chars().count())
         .max()
         .unwrap_or(0)
         .max("VESSEL".len());
@@ -69,15 +108,13 @@ pub fn listing(consignments: &[pb::Consignment]) -> String {
         "  {:id_width$}  {:vessel_width$}  {:>11}  {:>10}  DESCRIPTION",
         "ID", "VESSEL", "WEIGHT (kg)", "CONTAINERS"
     );
-    for c in consignments {
+    for (id, vessel, c) in rows {
         let _ = writeln!(
             out,
-            "  {:id_width$}  {:vessel_width$}  {:>11}  {:>10}  {}",
-            c.id,
-            c.vessel_id,
+            "  {id:id_width$}  {vessel:vessel_width$}  {:>11}  {:>10}  {}",
             c.weight,
             c.containers.len(),
-            c.description
+            escape(&c.description)
         );
     }
     out
@@ -96,13 +133,16 @@ pub fn services(services: &BTreeMap<String, Vec<InstanceView>>) -> String {
         } else {
             "instances"
         };
-        let _ = writeln!(out, "{name} ({} {noun})", instances.len());
+        let _ = writeln!(out, "{} ({} {noun})", escape(name), instances.len());
         let rows: Vec<[String; 5]> = instances
             .iter()
             .map(|instance| {
                 [
-                    instance.id.clone(),
-                    instance.address.clone().unwrap_or_else(|| "-".into()),
+                    escape(&instance.id).into_owned(),
+                    instance
+                        .address
+                        .as_deref()
+                        .map_or_else(|| "-".into(), |address| escape(address).into_owned()),
                     instance.health.label().to_owned(),
                     lease_text(instance.lease),
                     metadata_text(&instance.metadata),
@@ -129,7 +169,7 @@ pub fn services(services: &BTreeMap<String, Vec<InstanceView>>) -> String {
         }
         for instance in instances {
             if let Some(problem) = instance.health.problem() {
-                let _ = writeln!(out, "  ! {}: {problem}", instance.id);
+                let _ = writeln!(out, "  ! {}: {}", escape(&instance.id), escape(problem));
             }
         }
     }
@@ -152,7 +192,7 @@ fn lease_text(lease: Option<LeaseState>) -> String {
 fn metadata_text(metadata: &BTreeMap<String, String>) -> String {
     metadata
         .iter()
-        .map(|(key, value)| format!("{key}={value}"))
+        .map(|(key, value)| format!("{}={}", escape(key), escape(value)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -246,9 +286,27 @@ impl<'a> From<&'a InstanceView> for InstanceJson<'a> {
     }
 }
 
+/// `value` as pretty JSON. serde_json escapes the C0 controls; DEL, the C1
+/// controls and the line and paragraph separators it writes raw, and these
+/// are escaped here too (`\u009b`). They only ever occur inside strings,
+/// where the escape means the same character, so the document is unchanged.
 fn to_json(value: &impl Serialize) -> String {
     // Strings, numbers and string-keyed maps always serialise.
-    serde_json::to_string_pretty(value).unwrap_or_default()
+    let json = serde_json::to_string_pretty(value).unwrap_or_default();
+    // Below DEL, the only raw controls are the layout's own newlines.
+    let raw = |c: char| needs_escape(c) && c >= '\u{7f}';
+    if !json.chars().any(raw) {
+        return json;
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw(c) {
+            let _ = write!(escaped, "\\u{:04x}", u32::from(c));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 /// A gRPC status for a person: its canonical code name and message.
@@ -256,7 +314,7 @@ pub fn status(call: &str, failure: &tonic::Status) -> String {
     format!(
         "{call} failed: {}: {}",
         status::name(failure.code()),
-        failure.message()
+        escape(failure.message())
     )
 }
 
@@ -360,6 +418,84 @@ mod tests {
         assert_eq!(lease_text(lease(Some(7))), "7s of 10s");
         assert_eq!(lease_text(lease(None)), "expired");
         assert_eq!(lease_text(None), "none");
+    }
+
+    /// Text a hostile service or etcd record could send: a forged row, a
+    /// window title (OSC … BEL), a clear screen (CSI, 7-bit and C1), a
+    /// carriage return, DEL and a Unicode line separator.
+    const HOSTILE: &str =
+        "x\n  forged  row\u{1b}]0;retitled\u{7}\u{1b}[2J\u{9b}2J\rover\u{7f}\u{2028}";
+
+    fn assert_inert(text: &str) {
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        for c in body.chars() {
+            assert!(!needs_escape(c) || c == '\n', "raw {c:?} in {text:?}");
+        }
+        for line in text.lines() {
+            assert!(!line.trim_start().starts_with("forged"), "{text}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_untouched() {
+        assert!(matches!(
+            escape("cust-001 Manchester, UK"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape(HOSTILE),
+            r"x\n  forged  row\u{1b}]0;retitled\u{7}\u{1b}[2J\u{9b}2J\rover\u{7f}\u{2028}"
+        );
+    }
+
+    #[test]
+    fn hostile_text_from_a_service_stays_inert_in_every_text_layout() {
+        let mut hostile = consignment();
+        hostile.id = format!("id{HOSTILE}");
+        hostile.description = HOSTILE.into();
+        hostile.vessel_id = HOSTILE.into();
+        hostile.containers[0].origin = HOSTILE.into();
+        hostile.containers[0].customer_id = HOSTILE.into();
+        let text = listing(&[hostile.clone(), consignment()]);
+        assert_inert(&text);
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert_inert(&created(&Created {
+            consignment: hostile,
+            request_id: RequestId::parse("req-1").unwrap(),
+        }));
+        assert_inert(&status(
+            "GetConsignments",
+            &tonic::Status::unavailable(HOSTILE),
+        ));
+    }
+
+    #[test]
+    fn hostile_registry_records_stay_inert_in_the_services_table() {
+        let instance = InstanceView {
+            key: format!("/shippy/services/svc/{HOSTILE}"),
+            id: HOSTILE.into(),
+            address: Some(HOSTILE.into()),
+            metadata: BTreeMap::from([(HOSTILE.to_owned(), HOSTILE.to_owned())]),
+            lease: None,
+            health: crate::services::Health::Unreachable(HOSTILE.into()),
+        };
+        let listed = BTreeMap::from([(HOSTILE.to_owned(), vec![instance])]);
+        let text = services(&listed);
+        assert_inert(&text);
+        assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    #[test]
+    fn json_keeps_the_text_exactly_with_no_raw_control_characters() {
+        let mut hostile = consignment();
+        hostile.description = HOSTILE.into();
+        let json = listing_json(std::slice::from_ref(&hostile));
+        assert!(
+            !json.chars().any(|c| needs_escape(c) && c != '\n'),
+            "{json:?}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["consignments"][0]["description"], HOSTILE);
     }
 
     #[test]

@@ -250,6 +250,29 @@ fn cases() -> Vec<Case> {
             2,
             "INVALID_ARGUMENT: invalid id",
         ),
+        // Ids outside the safe set: refused, and never echoed raw.
+        case(
+            "id forging a log line",
+            json(&format!(
+                r#"{{"id": "c1\n2026-01-01T00:00:00Z  INFO forged", "weight": 5, "containers": {one}}}"#
+            )),
+            2,
+            r"INVALID_ARGUMENT: invalid id: '\n' (character 3) is not allowed: ids are ASCII letters, digits and -_.:@/",
+        ),
+        case(
+            "container id with an escape sequence",
+            with_container(
+                r#"{"id": "box\u001b]0;retitled\u0007", "customer_id": "c", "origin": "o", "user_id": "u"}"#,
+            ),
+            2,
+            r"INVALID_ARGUMENT: invalid containers[0].id: '\u{1b}' (character 4) is not allowed",
+        ),
+        case(
+            "user id not ASCII",
+            with_container(r#"{"customer_id": "c", "origin": "o", "user_id": "usér"}"#),
+            2,
+            "INVALID_ARGUMENT: invalid containers[0].user_id: 'é' (character 3) is not allowed",
+        ),
         case(
             "duplicate container ids",
             consignment(

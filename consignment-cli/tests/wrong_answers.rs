@@ -107,10 +107,16 @@ async fn a_silent_instance_costs_a_listing_nothing_and_a_create_its_deadline() {
     );
 
     // With a real instance beside it, listings (safe to send again) always
-    // succeed, whichever instance they try first.
+    // succeed, whichever instance they try first. They run side by side:
+    // each that tries the silent one first waits out half its deadline.
     let _consignment = start(&registry, Service::Consignment, &logs).await;
-    for _ in 0..4 {
-        let listed = run_cli(&registry, &["list", "--timeout", "4"]);
-        assert!(listed.status.success(), "{listed:?}");
-    }
+    std::thread::scope(|scope| {
+        let lists: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| run_cli(&registry, &["list", "--timeout", "4"])))
+            .collect();
+        for list in lists {
+            let listed = list.join().unwrap();
+            assert!(listed.status.success(), "{listed:?}");
+        }
+    });
 }

@@ -5,23 +5,41 @@
 //! fits the wire's int32: [`Weight`] and the container count. Going back out
 //! (a response, the FindAvailable request, a stored row) is then a `From`
 //! conversion that cannot fail or saturate.
+//!
+//! Ids a client chooses (the consignment's, and each container's id,
+//! customer and user) are limited to ASCII letters, digits and
+//! [`ID_PUNCTUATION`]: they end up in logs, terminals and other systems'
+//! keys, where a newline or an escape sequence would forge a line or take
+//! over a terminal. Free text (description, origin) may hold anything; the
+//! log and consignment-cli escape it on output.
+//!
+//! A consignment must also fit, encoded, in one GetConsignments page
+//! ([`MAX_CONSIGNMENT_BYTES`]), so that listing can always get past it.
 
 use std::collections::BTreeSet;
 
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use shippy_proto::consignment::v1 as pb;
 use shippy_proto::vessel::v1 as vessel_pb;
 
 use crate::error::ConsignmentError;
-use crate::repository::PageRequest;
+use crate::listing::MAX_PAGE_BYTES;
 
 /// The longest id (consignment, container, customer, user) accepted.
 pub const MAX_ID_LEN: usize = 128;
+/// The characters besides ASCII letters and digits an id may hold.
+pub const ID_PUNCTUATION: &str = "-_.:@/";
 /// The longest description or origin accepted.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// The most containers one consignment may hold. A `u16`, so a count within
 /// it is the wire's int32 capacity without a fallible conversion.
 pub const MAX_CONTAINERS: u16 = 10_000;
+/// The largest CreateConsignment request accepted, encoded. Below a page's
+/// budget by enough for an assigned id and the vessel's id, so that every
+/// stored consignment fits in a GetConsignments page on its own (and its
+/// CreateConsignment response in a message the caller can decode).
+pub const MAX_CONSIGNMENT_BYTES: usize = MAX_PAGE_BYTES - 4 * 1024;
 
 /// One container of a consignment. Its serde form is the store's
 /// `containers` JSON column, so field names and order are a stored format.
@@ -97,9 +115,16 @@ impl NewConsignment {
     /// Validates a wire consignment. The caller's `vessel_id` is ignored:
     /// the vessel is always chosen by vessel-service.
     pub fn parse(wire: pb::Consignment) -> Result<Self, ConsignmentError> {
+        let size = wire.encoded_len();
+        if size > MAX_CONSIGNMENT_BYTES {
+            return Err(ConsignmentError::TooLarge(format!(
+                "the consignment is {size} bytes encoded; at most {MAX_CONSIGNMENT_BYTES} are \
+                 accepted, so that it fits in one GetConsignments page"
+            )));
+        }
         let id = match wire.id.trim() {
             "" => None,
-            id => Some(bounded("id", id, MAX_ID_LEN)?.to_owned()),
+            id => Some(safe_id("id", id)?.to_owned()),
         };
         let description = bounded("description", &wire.description, MAX_TEXT_LEN)?.to_owned();
         let weight = Weight::new(i64::from(wire.weight)).ok_or_else(|| {
@@ -170,19 +195,48 @@ impl NewConsignment {
 
 fn parse_container(index: usize, wire: pb::Container) -> Result<Container, ConsignmentError> {
     let field = |name: &str| format!("containers[{index}].{name}");
-    let required = |name: &str, value: &str, max: usize| -> Result<String, ConsignmentError> {
-        let value = value.trim();
-        if value.is_empty() {
-            return Err(ConsignmentError::invalid(field(name), "must not be empty"));
+    // Trimmed, and not empty.
+    let required = |name: &str, value: &str| -> Result<String, ConsignmentError> {
+        match value.trim() {
+            "" => Err(ConsignmentError::invalid(field(name), "must not be empty")),
+            value => Ok(value.to_owned()),
         }
-        Ok(bounded(&field(name), value, max)?.to_owned())
     };
+    let id = |name: &str, value: String| -> Result<String, ConsignmentError> {
+        safe_id(&field(name), &value)?;
+        Ok(value)
+    };
+    let container_id = id("id", wire.id.trim().to_owned())?;
+    let customer_id = id("customer_id", required("customer_id", &wire.customer_id)?)?;
+    let origin = required("origin", &wire.origin)?;
+    bounded(&field("origin"), &origin, MAX_TEXT_LEN)?;
     Ok(Container {
-        id: bounded(&field("id"), wire.id.trim(), MAX_ID_LEN)?.to_owned(),
-        customer_id: required("customer_id", &wire.customer_id, MAX_ID_LEN)?,
-        origin: required("origin", &wire.origin, MAX_TEXT_LEN)?,
-        user_id: required("user_id", &wire.user_id, MAX_ID_LEN)?,
+        id: container_id,
+        customer_id,
+        origin,
+        user_id: id("user_id", required("user_id", &wire.user_id)?)?,
     })
+}
+
+/// Returns `value` if it is a usable id: at most [`MAX_ID_LEN`] characters,
+/// each an ASCII letter or digit or one of [`ID_PUNCTUATION`]. The refusal
+/// shows the first character that is not, escaped, never the raw value.
+fn safe_id<'a>(field: &str, value: &'a str) -> Result<&'a str, ConsignmentError> {
+    let value = bounded(field, value, MAX_ID_LEN)?;
+    let not_allowed = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(*c)));
+    if let Some((index, c)) = not_allowed {
+        return Err(ConsignmentError::invalid(
+            field,
+            format!(
+                "{c:?} (character {}) is not allowed: ids are ASCII letters, digits and {ID_PUNCTUATION}",
+                index + 1
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// Returns `value` if it is at most `max` characters long.
@@ -220,88 +274,11 @@ impl From<Consignment> for pb::Consignment {
     }
 }
 
-/// The most consignments one GetConsignments page holds; larger page sizes
-/// are reduced to it.
-pub const MAX_PAGE_SIZE: u32 = 1000;
-
-/// The consignments a GetConsignments request asks for: `page_size` 0 means
-/// all of them (the original API); `page_token` continues after a previous
-/// page.
-pub fn page_request(request: &pb::GetRequest) -> Result<PageRequest, ConsignmentError> {
-    let limit = match u32::try_from(request.page_size) {
-        Err(_) => {
-            return Err(ConsignmentError::invalid(
-                "page_size",
-                "must not be negative",
-            ));
-        }
-        Ok(0) => None,
-        Ok(size) => Some(size.min(MAX_PAGE_SIZE)),
-    };
-    let after = match request.page_token.as_str() {
-        "" => None,
-        token => Some(
-            token
-                .parse::<i64>()
-                .ok()
-                .filter(|seq| *seq > 0)
-                .ok_or_else(|| {
-                    ConsignmentError::invalid(
-                        "page_token",
-                        "not a token from a previous GetConsignments response",
-                    )
-                })?,
-        ),
-    };
-    Ok(PageRequest { after, limit })
-}
-
-/// The `next_page_token` for a page that ends at `next_after`; empty when
-/// nothing follows.
-pub fn next_page_token(next_after: Option<i64>) -> String {
-    next_after.map(|seq| seq.to_string()).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use shippy_test_support::fixtures::{container, sample_consignment as sample};
 
     use super::*;
-
-    fn get(page_size: i32, page_token: &str) -> pb::GetRequest {
-        pb::GetRequest {
-            page_size,
-            page_token: page_token.into(),
-        }
-    }
-
-    #[test]
-    fn paging_requests_are_read_and_checked() {
-        assert_eq!(page_request(&get(0, "")).unwrap(), PageRequest::default());
-        assert_eq!(
-            page_request(&get(10, "42")).unwrap(),
-            PageRequest {
-                after: Some(42),
-                limit: Some(10)
-            }
-        );
-        assert_eq!(
-            page_request(&get(i32::MAX, "")).unwrap().limit,
-            Some(MAX_PAGE_SIZE)
-        );
-        for (request, field) in [
-            (get(-1, ""), "page_size"),
-            (get(1, "abc"), "page_token"),
-            (get(1, "0"), "page_token"),
-            (get(1, "-5"), "page_token"),
-        ] {
-            let status = tonic::Status::from(page_request(&request).unwrap_err());
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(status.message().contains(field), "{}", status.message());
-        }
-        assert_eq!(next_page_token(Some(7)), "7");
-        assert_eq!(next_page_token(None), "");
-    }
 
     fn rejected_field(wire: pb::Consignment) -> String {
         match NewConsignment::parse(wire) {
@@ -379,6 +356,85 @@ mod tests {
     }
 
     #[test]
+    fn ids_outside_the_safe_set_are_refused_by_field_without_echoing_them() {
+        let forged = "c1\n2026-01-01T00:00:00.000000Z  INFO forged line";
+        let mut cases: Vec<(pb::Consignment, &str)> = Vec::new();
+        let mut id = sample();
+        id.id = forged.into();
+        cases.push((id, "id"));
+        let mut container_id = sample();
+        container_id.containers[0].id = "box\u{1b}]0;retitled\u{7}".into();
+        cases.push((container_id, "containers[0].id"));
+        let mut customer = sample();
+        customer.containers[1].customer_id = "cust\r001".into();
+        cases.push((customer, "containers[1].customer_id"));
+        let mut user = sample();
+        user.containers[2].user_id = "usér".into();
+        cases.push((user, "containers[2].user_id"));
+        for (wire, field) in cases {
+            let err = NewConsignment::parse(wire).unwrap_err();
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            let message = status.message();
+            assert!(
+                message.starts_with(&format!("invalid {field}: ")),
+                "{message}"
+            );
+            assert!(!message.chars().any(char::is_control), "{message:?}");
+            assert!(!message.contains("forged line") && !message.contains("retitled"));
+        }
+
+        let mut fine = sample();
+        fine.id = "Order-2026/04:17_a.b@c".into();
+        fine.containers[0].id = "box-1".into();
+        fine.containers[0].customer_id = "customer@example.com".into();
+        let stored = NewConsignment::parse(fine).unwrap().assign("v".into());
+        assert_eq!(stored.id, "Order-2026/04:17_a.b@c");
+        assert_eq!(stored.containers[0].customer_id, "customer@example.com");
+    }
+
+    /// A container of about `bytes` encoded bytes.
+    fn container_of(bytes: usize) -> pb::Container {
+        pb::Container {
+            origin: "o".repeat(bytes.min(MAX_TEXT_LEN)),
+            ..container("cust001")
+        }
+    }
+
+    #[test]
+    fn a_consignment_too_large_for_a_page_is_refused_as_resource_exhausted() {
+        let mut wire = sample();
+        wire.containers = vec![container_of(MAX_TEXT_LEN); usize::from(MAX_CONTAINERS)];
+        assert!(wire.encoded_len() > MAX_CONSIGNMENT_BYTES);
+        let status = tonic::Status::from(NewConsignment::parse(wire.clone()).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("GetConsignments page"),
+            "{}",
+            status.message()
+        );
+
+        // Just under the limit, it is accepted, and with an assigned id and a
+        // vessel it still fits a page on its own.
+        let each = wire.encoded_len() / wire.containers.len();
+        wire.containers.truncate(MAX_CONSIGNMENT_BYTES / each);
+        while wire.encoded_len() > MAX_CONSIGNMENT_BYTES {
+            wire.containers.pop();
+        }
+        assert!(wire.encoded_len() > MAX_CONSIGNMENT_BYTES - 2 * each);
+        let stored: pb::Consignment = NewConsignment::parse(wire)
+            .unwrap()
+            .assign("vessel001".into())
+            .into();
+        let page = pb::Response {
+            consignments: vec![stored],
+            next_page_token: i64::MAX.to_string(),
+            ..Default::default()
+        };
+        assert!(page.encoded_len() <= MAX_PAGE_BYTES);
+    }
+
+    #[test]
     fn the_most_containers_and_the_heaviest_weight_reach_the_vessel_request_unchanged() {
         let mut wire = sample();
         wire.weight = i32::MAX;
@@ -442,6 +498,9 @@ mod tests {
                         prop_assert_eq!(spec.max_weight, wire.weight);
                         let stored = parsed.assign("v".into());
                         prop_assert!(!stored.id.is_empty());
+                        let safe = |id: &str| id.chars().all(|c| c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(c));
+                        prop_assert!(safe(&stored.id));
+                        prop_assert!(stored.containers.iter().all(|c| safe(&c.id) && safe(&c.customer_id) && safe(&c.user_id)));
                         prop_assert!(stored.containers.iter().all(|c| !c.customer_id.is_empty()
                             && !c.origin.is_empty() && !c.user_id.is_empty()));
                     }

@@ -27,6 +27,14 @@ pub enum ConsignmentError {
     /// The caller's deadline passed while waiting for vessel-service.
     #[error("deadline exceeded while asking {0} for a vessel")]
     DeadlineExceeded(String),
+    /// A consignment, or the consignments an unpaged GetConsignments asks
+    /// for, would not fit in one gRPC message; the text says what to do.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The store's disk (or the filesystem holding its data) is full; the
+    /// detail, for the log, is what the store said.
+    #[error("the consignment store's disk is full: {0}")]
+    DiskFull(String),
     /// The consignment store cannot be reached, or is too busy, right now.
     /// When this cuts a commit short, the consignment may or may not have
     /// been stored: retry with the same id to find out (ALREADY_EXISTS).
@@ -58,6 +66,8 @@ impl Clone for ConsignmentError {
             Self::NoVesselFits(text) => Self::NoVesselFits(text.clone()),
             Self::VesselUnavailable(text) => Self::VesselUnavailable(text.clone()),
             Self::DeadlineExceeded(service) => Self::DeadlineExceeded(service.clone()),
+            Self::TooLarge(text) => Self::TooLarge(text.clone()),
+            Self::DiskFull(detail) => Self::DiskFull(detail.clone()),
             Self::StoreUnavailable(detail) => Self::StoreUnavailable(detail.clone()),
             Self::Internal(cause) => Self::Internal(anyhow::anyhow!("{cause:#}")),
         }
@@ -72,6 +82,15 @@ impl From<ConsignmentError> for tonic::Status {
             ConsignmentError::NoVesselFits(_) => Self::not_found(err.to_string()),
             ConsignmentError::VesselUnavailable(_) => Self::unavailable(err.to_string()),
             ConsignmentError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),
+            ConsignmentError::TooLarge(_) => Self::resource_exhausted(err.to_string()),
+            // UNAVAILABLE rather than RESOURCE_EXHAUSTED: nothing about the
+            // request is wrong, and the same call succeeds once an operator
+            // frees space (consignment-cli reports it as a service failure,
+            // exit 1, not as bad input).
+            ConsignmentError::DiskFull(detail) => {
+                error!(error = %detail, "the consignment store's disk is full");
+                Self::unavailable("the consignment store's disk is full")
+            }
             ConsignmentError::StoreUnavailable(detail) => {
                 error!(error = %detail, "consignment store unavailable");
                 Self::unavailable("the consignment store is unavailable")

@@ -1,5 +1,5 @@
 //! The gRPC face of the consignment service: parse, find a vessel, store;
-//! and list, a page at a time.
+//! and list, a page at a time (pages and their memory: [`crate::listing`]).
 
 use std::sync::Arc;
 
@@ -8,7 +8,8 @@ use shippy_proto::consignment::v1::shipping_service_server::ShippingService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::domain::{self, NewConsignment};
+use crate::domain::NewConsignment;
+use crate::listing::{Lister, PageRequest};
 use crate::repository::ConsignmentRepository;
 use crate::vessels::VesselFinder;
 
@@ -18,12 +19,15 @@ pub struct ShippingHandler {
     repository: Arc<dyn ConsignmentRepository>,
     /// Finds a vessel for each new consignment.
     vessels: Arc<VesselFinder>,
+    /// Reads GetConsignments pages from the same store.
+    lister: Lister,
 }
 
 impl ShippingHandler {
     /// A handler storing into `repository` and asking `vessels` for vessels.
     pub fn new(repository: Arc<dyn ConsignmentRepository>, vessels: Arc<VesselFinder>) -> Self {
         Self {
+            lister: Lister::new(Arc::clone(&repository)),
             repository,
             vessels,
         }
@@ -54,15 +58,13 @@ impl ShippingService for ShippingHandler {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::Response>, Status> {
-        let page = self
-            .repository
-            .list(domain::page_request(request.get_ref())?)
+        let (page, share) = self
+            .lister
+            .page(PageRequest::parse(request.get_ref())?)
             .await?;
-        Ok(Response::new(pb::Response {
-            created: false,
-            consignment: None,
-            consignments: page.consignments.into_iter().map(Into::into).collect(),
-            next_page_token: domain::next_page_token(page.next_after),
-        }))
+        let mut response = Response::new(page);
+        // Held until the response has been sent (see listing::HoldShares).
+        response.extensions_mut().insert(share);
+        Ok(response)
     }
 }

@@ -13,6 +13,7 @@ use tonic::service::Routes;
 use tracing::info;
 
 use crate::config::Config;
+use crate::listing::HoldShares;
 use crate::repository;
 use crate::service::ShippingHandler;
 use crate::vessels::VesselFinder;
@@ -80,7 +81,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then deregisters and drains.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let services = Services {
-            routes: Routes::new(ShippingServiceServer::new(self.handler)),
+            routes: Routes::new(HoldShares::new(ShippingServiceServer::new(self.handler))),
             names: vec![<ShippingServiceServer<ShippingHandler> as NamedService>::NAME],
             file_descriptor_set: shippy_proto::FILE_DESCRIPTOR_SET,
         };

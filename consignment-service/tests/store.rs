@@ -1,14 +1,18 @@
 //! Durability through the real binaries: acknowledged consignments survive
 //! `kill -9`, parallel creates are stored once each, replicas share one
 //! PostgreSQL, and a store that cannot be opened stops the service at start
-//! with a clear error. etcd is the one this test binary shares, under a key
+//! with a clear error. A full disk (a small tmpfs the test mounts, which
+//! needs root, as `make test` in CI has) is named as such, to callers and at
+//! start. etcd is the one this test binary shares, under a key
 //! prefix per test; PostgreSQL is a real, private server.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 
 use nix::sys::signal::Signal;
 use shippy_proto::consignment::SERVICE_NAME;
@@ -16,7 +20,7 @@ use shippy_proto::consignment::v1 as pb;
 use shippy_proto::consignment::v1::shipping_service_client::ShippingServiceClient;
 use shippy_test_support::fixtures::consignment;
 use shippy_test_support::{
-    DEADLINE, Postgres, Service, ServiceProcess, TestRegistry, free_port, spawn_service,
+    DEADLINE, Postgres, Service, ServiceProcess, TestRegistry, cli, free_port, spawn_service,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -269,4 +273,132 @@ async fn a_store_that_cannot_be_opened_stops_the_service_at_start() {
 
     // None of them got as far as registering.
     assert!(registry.instances(SERVICE_NAME).await.unwrap().is_empty());
+}
+
+/// A small tmpfs mounted for one test, which the test can fill; unmounted
+/// (lazily, so a process still inside cannot keep it) when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes`. Fails the test, rather than skipping it,
+    /// where mounting is not allowed.
+    fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes}"),
+                "shippy-small-disk",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            mounted.status.success(),
+            "this test fills a disk of its own, a tmpfs it mounts, which needs root \
+             (or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Takes every byte left: appends to a file until the disk says ENOSPC.
+    fn fill(&self) {
+        let mut filler = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("filler"))
+            .unwrap();
+        let block = [0u8; 4096];
+        loop {
+            match filler.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(err) => panic!("filling the disk: {err}"),
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_named_to_callers_and_at_start() {
+    let registry = TestRegistry::shared().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(8 * 1024 * 1024);
+    let data = disk.path().join("data");
+    let data_env = [("SHIPPY_DATA_DIR", data.to_str().unwrap())];
+    let _vessel = start_vessel_service(&registry, logs.path()).await;
+    let address = format!("127.0.0.1:{}", free_port().unwrap());
+    let (service, mut client) =
+        start_consignment_service(&registry, logs.path(), "full", &address, &data_env).await;
+    client
+        .create_consignment(consignment("before"))
+        .await
+        .unwrap();
+
+    // A create on the full disk: refused as a service failure that says
+    // why, through the CLI too (exit 1, not bad input).
+    disk.fill();
+    let refused = client
+        .create_consignment(consignment("after"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "the consignment store's disk is full");
+    let sample = shippy_test_support::fixtures::sample_file();
+    let cli = cli(&registry)
+        .unwrap()
+        .args(["create", sample.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1), "{cli:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stderr),
+        "error: CreateConsignment failed: UNAVAILABLE: the consignment store's disk is full\n"
+    );
+    assert_eq!(stored_ids(&mut client).await, ["before"]);
+    assert!(service.stop().await.unwrap().success());
+
+    // Started again on the full disk: one error line saying so, whether
+    // SQLite runs out of space creating a store (FULL) or rebuilding the
+    // WAL index of one restored from a backup without it (an I/O error).
+    let fresh = disk.path().join("fresh");
+    // The WAL index is a cache SQLite rebuilds on open; a backup restored
+    // as the README says (the database file alone) comes without it.
+    match std::fs::remove_file(data.join("consignments.sqlite3-shm")) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => panic!("{err}"),
+        _ => {}
+    }
+    disk.fill();
+    for (name, dir) in [("restored", &data), ("fresh", &fresh)] {
+        let env = [("SHIPPY_DATA_DIR", dir.to_str().unwrap())];
+        let log = failed_start(&registry, logs.path(), name, &env).await;
+        let errors: Vec<_> = log
+            .lines()
+            .filter(|line| line.contains(" ERROR "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{name}: {log}");
+        assert!(
+            errors[0].contains("the consignment store's disk is full"),
+            "{name}: {log}"
+        );
+    }
 }

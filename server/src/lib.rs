@@ -15,7 +15,8 @@
 //!   and one log line per call.
 //! - [`log_budget`]: rate-limited log lines for what clients cause cheaply.
 //! - [`shutdown`]: the SIGINT/SIGTERM/SIGHUP future, and the second signal.
-//! - [`telemetry`]: log output for the binaries.
+//! - [`telemetry`]: log output for the binaries; [`log_writer`]: the
+//!   batched writer behind it.
 
 pub mod call_guard;
 pub mod call_log;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod health;
 pub mod log_budget;
+pub mod log_writer;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;

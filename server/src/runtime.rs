@@ -34,7 +34,13 @@ where
             }
         };
     }
-    let _flush_on_exit = telemetry::init(args.log_format);
+    let _flush_on_exit = match telemetry::init(args.log_format) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("cannot start the log writer: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     connection::raise_open_files_limit();
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,

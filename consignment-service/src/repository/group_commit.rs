@@ -16,11 +16,14 @@
 //! transaction back and fails every create in it with the same status:
 //! none of them was stored.
 
+use std::path::{Path, PathBuf};
+
 use sqlx::SqlitePool;
 use sqlx::sqlite::Sqlite;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{containers_to_json, store_error};
+use super::containers_to_json;
+use super::sqlite::failure;
 use crate::domain::Consignment;
 use crate::error::ConsignmentError;
 
@@ -48,10 +51,11 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer task, inserting into `pool`'s `consignments`.
-    pub fn start(pool: SqlitePool) -> Self {
+    /// Starts the writer task, inserting into `pool`'s `consignments`,
+    /// whose file is in `dir` (whose free space tells a full disk apart).
+    pub fn start(pool: SqlitePool, dir: PathBuf) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(pool, pending));
+        tokio::spawn(write_batches(pool, dir, pending));
         Self { queue }
     }
 
@@ -77,15 +81,15 @@ fn writer_gone() -> ConsignmentError {
 }
 
 /// The writer task: one transaction per batch of whatever is queued.
-async fn write_batches(pool: SqlitePool, mut pending: mpsc::Receiver<Pending>) {
+async fn write_batches(pool: SqlitePool, dir: PathBuf, mut pending: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit_batch(&pool, std::mem::take(&mut batch)).await;
+        commit_batch(&pool, &dir, std::mem::take(&mut batch)).await;
     }
 }
 
 /// Inserts `batch` in one transaction and answers every create in it.
-async fn commit_batch(pool: &SqlitePool, batch: Vec<Pending>) {
+async fn commit_batch(pool: &SqlitePool, dir: &Path, batch: Vec<Pending>) {
     match insert_all(pool, &batch).await {
         Ok(inserted) => {
             for (pending, inserted) in batch.into_iter().zip(inserted) {
@@ -100,9 +104,9 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<Pending>) {
             }
         }
         Err(err) => {
-            let failure = store_error("", err);
+            let error = failure(dir, "", err);
             for pending in batch {
-                let _ = pending.answer.send(Err(failure.clone()));
+                let _ = pending.answer.send(Err(error.clone()));
             }
         }
     }

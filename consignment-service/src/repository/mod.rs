@@ -11,7 +11,13 @@
 //! - [`memory`]: process memory, for tests; lost on exit.
 //!
 //! Every store numbers consignments in creation order (`seq`), which is the
-//! order GetConsignments returns and pages by.
+//! order GetConsignments returns and pages by. Stores hand rows out as a
+//! stream read as it is polled ([`ConsignmentRepository::scan`]), so a page
+//! that is full stops reading (see [`crate::listing`]).
+//!
+//! A full disk is its own error, [`ConsignmentError::DiskFull`]: SQLite's
+//! FULL, or one of its I/O errors while the data directory's filesystem is
+//! nearly out of space; PostgreSQL's `disk_full` (SQLSTATE 53100).
 //!
 //! The SQL stores keep a consignment's containers as one JSON column: the
 //! serde form of [`Container`], so the domain type is the stored shape too.
@@ -29,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use tracing::info;
 
 use crate::domain::{Consignment, Container, Weight};
@@ -43,50 +50,15 @@ pub trait ConsignmentRepository: Send + Sync + 'static {
     /// `AlreadyExists` if its id is taken.
     async fn create(&self, consignment: Consignment) -> Result<Consignment, ConsignmentError>;
 
-    /// Consignments in creation order, after `page.after` and at most
-    /// `page.limit` of them.
-    async fn list(&self, page: PageRequest) -> Result<Page, ConsignmentError>;
-}
-
-/// Which consignments [`ConsignmentRepository::list`] returns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PageRequest {
-    /// Only consignments created after the one with this `seq`.
-    pub after: Option<i64>,
-    /// At most this many; all when `None`.
-    pub limit: Option<u32>,
-}
-
-/// One page of consignments.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Page {
-    /// In creation order.
-    pub consignments: Vec<Consignment>,
-    /// The `seq` to continue after, when more consignments follow.
-    pub next_after: Option<i64>,
-}
-
-impl Page {
-    /// A page from `rows` (each with its `seq`), read with one row more than
-    /// `limit` so that whether more follow is known without another query.
-    fn from_rows(mut rows: Vec<(i64, Consignment)>, limit: Option<u32>) -> Self {
-        let more = limit.is_some_and(|limit| rows.len() > limit as usize);
-        if let Some(limit) = limit {
-            rows.truncate(limit as usize);
-        }
-        let next_after = if more {
-            rows.last().map(|(seq, _)| *seq)
-        } else {
-            None
-        };
-        Self {
-            consignments: rows
-                .into_iter()
-                .map(|(_, consignment)| consignment)
-                .collect(),
-            next_after,
-        }
-    }
+    /// Up to `limit` consignments in creation order, each with its `seq`,
+    /// after the one numbered `after` (from the first when `None`). Rows
+    /// are read from the store as the stream is polled, so a caller that
+    /// stops early never loads the rest.
+    fn scan(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> BoxStream<'_, Result<(i64, Consignment), ConsignmentError>>;
 }
 
 /// A `--database-url` as given, shown without its password.
@@ -187,6 +159,9 @@ fn store_error(id: &str, err: sqlx::Error) -> ConsignmentError {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             ConsignmentError::AlreadyExists(id.to_owned())
         }
+        sqlx::Error::Database(db) if reports_disk_full(db.as_ref()) => {
+            ConsignmentError::DiskFull(err.to_string())
+        }
         sqlx::Error::Database(db) if transient(db.as_ref()) => {
             ConsignmentError::StoreUnavailable(err.to_string())
         }
@@ -201,11 +176,41 @@ fn store_error(id: &str, err: sqlx::Error) -> ConsignmentError {
 fn transient(db: &dyn sqlx::error::DatabaseError) -> bool {
     match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         Some(postgres) => postgres_transient(postgres.code()),
-        None => db
-            .code()
-            .and_then(|code| code.parse().ok())
-            .is_some_and(sqlite_transient),
+        None => sqlite_code(db).is_some_and(sqlite_transient),
     }
+}
+
+/// Whether a database error is the database saying its disk is full:
+/// SQLite's FULL (13) or PostgreSQL's `disk_full` (53100).
+fn reports_disk_full(db: &dyn sqlx::error::DatabaseError) -> bool {
+    match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        Some(postgres) => postgres.code() == "53100",
+        None => sqlite_code(db).is_some_and(|code| code & 0xff == 13),
+    }
+}
+
+/// The sqlx error somewhere in `err`'s chain of causes (a migration's
+/// error wraps the database's), for telling a full disk at start.
+fn database_error_in<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e sqlx::Error> {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(sqlx) = err.downcast_ref::<sqlx::Error>() {
+            return Some(sqlx);
+        }
+        cause = err.source();
+    }
+    None
+}
+
+/// Whether `err` (at start: opening, connecting, migrating) is the
+/// database reporting a full disk.
+fn start_failed_on_full_disk(err: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(database_error_in(err), Some(sqlx::Error::Database(db)) if reports_disk_full(db.as_ref()))
+}
+
+/// An SQLite error's extended result code.
+fn sqlite_code(db: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    db.code().and_then(|code| code.parse().ok())
 }
 
 /// SQLite's BUSY and LOCKED, including their extended codes.
@@ -226,17 +231,20 @@ fn row_to_consignment<R>(row: &R) -> Result<(i64, Consignment), ConsignmentError
 where
     R: sqlx::Row,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     &'static str: sqlx::ColumnIndex<R>,
 {
     let read = |err: sqlx::Error| store_error("", err);
     let id: String = row.try_get("id").map_err(read)?;
-    let containers: String = row.try_get("containers").map_err(read)?;
+    // Parsed where the row holds it: a consignment's containers can be
+    // megabytes, and a copy would double them.
+    let containers: &str = row.try_get("containers").map_err(read)?;
     Ok((
         row.try_get("seq").map_err(read)?,
         Consignment {
             weight: weight_from_store(&id, row.try_get("weight").map_err(read)?)?,
-            containers: containers_from_json(&id, &containers)?,
+            containers: containers_from_json(&id, containers)?,
             description: row.try_get("description").map_err(read)?,
             vessel_id: row.try_get("vessel_id").map_err(read)?,
             id,
@@ -281,18 +289,37 @@ pub(crate) mod contract {
         }
     }
 
-    fn ids(page: &Page) -> Vec<&str> {
-        page.consignments.iter().map(|c| c.id.as_str()).collect()
+    /// What `scan(after, limit)` yields, read to the end.
+    pub async fn scanned(
+        repo: &dyn ConsignmentRepository,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Vec<(i64, Consignment)> {
+        use futures::TryStreamExt;
+        repo.scan(after, limit).try_collect().await.unwrap()
+    }
+
+    /// Every stored consignment.
+    pub async fn all(repo: &dyn ConsignmentRepository) -> Vec<Consignment> {
+        let rows = scanned(repo, None, u32::MAX).await;
+        rows.into_iter()
+            .map(|(_, consignment)| consignment)
+            .collect()
+    }
+
+    fn ids(rows: &[(i64, Consignment)]) -> Vec<&str> {
+        rows.iter().map(|(_, c)| c.id.as_str()).collect()
     }
 
     pub async fn keeps_creation_order_and_every_field(repo: &dyn ConsignmentRepository) {
         for id in ["b", "a", "c"] {
             repo.create(consignment(id)).await.unwrap();
         }
-        let all = repo.list(PageRequest::default()).await.unwrap();
+        let all = scanned(repo, None, 10).await;
         assert_eq!(ids(&all), ["b", "a", "c"]);
-        assert_eq!(all.next_after, None);
-        assert_eq!(all.consignments[1], consignment("a"));
+        assert_eq!(all[1].1, consignment("a"));
+        let seqs: Vec<_> = all.iter().map(|(seq, _)| *seq).collect();
+        assert!(seqs.is_sorted() && seqs[0] > 0, "{seqs:?}");
     }
 
     pub async fn refuses_a_taken_id_without_overwriting(repo: &dyn ConsignmentRepository) {
@@ -303,45 +330,26 @@ pub(crate) mod contract {
             repo.create(again).await,
             Err(ConsignmentError::AlreadyExists(id)) if id == "a"
         ));
-        let all = repo.list(PageRequest::default()).await.unwrap();
-        assert_eq!(all.consignments, [consignment("a")]);
+        assert_eq!(all(repo).await, [consignment("a")]);
     }
 
-    pub async fn pages_through_everything_once(repo: &dyn ConsignmentRepository) {
+    pub async fn scans_from_any_point_in_bounded_steps(repo: &dyn ConsignmentRepository) {
         for i in 0..7 {
             repo.create(consignment(&format!("c{i}"))).await.unwrap();
         }
         let mut seen = Vec::new();
         let mut after = None;
-        let mut pages = 0;
         loop {
-            let page = repo
-                .list(PageRequest {
-                    after,
-                    limit: Some(3),
-                })
-                .await
-                .unwrap();
-            pages += 1;
-            assert!(page.consignments.len() <= 3);
-            seen.extend(page.consignments.iter().map(|c| c.id.clone()));
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+            let step = scanned(repo, after, 3).await;
+            assert!(step.len() <= 3);
+            let Some((last, _)) = step.last() else { break };
+            after = Some(*last);
+            seen.extend(ids(&step).into_iter().map(str::to_owned));
         }
-        assert_eq!(pages, 3);
         let expected: Vec<_> = (0..7).map(|i| format!("c{i}")).collect();
         assert_eq!(seen, expected);
-        // A page that ends exactly at the last consignment says nothing follows.
-        let exact = repo
-            .list(PageRequest {
-                after: None,
-                limit: Some(7),
-            })
-            .await
-            .unwrap();
-        assert_eq!((exact.consignments.len(), exact.next_after), (7, None));
+        assert!(scanned(repo, Some(i64::MAX), 3).await.is_empty());
+        assert!(scanned(repo, None, 0).await.is_empty());
     }
 
     pub async fn stores_concurrent_creates_once_each(repo: Arc<dyn ConsignmentRepository>) {
@@ -354,9 +362,9 @@ pub(crate) mod contract {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let all = repo.list(PageRequest::default()).await.unwrap();
-        let unique: HashSet<_> = all.consignments.iter().map(|c| c.id.clone()).collect();
-        assert_eq!((all.consignments.len(), unique.len()), (100, 100));
+        let all = all(repo.as_ref()).await;
+        let unique: HashSet<_> = all.iter().map(|c| c.id.clone()).collect();
+        assert_eq!((all.len(), unique.len()), (100, 100));
     }
 }
 
@@ -395,6 +403,69 @@ mod tests {
         let shown = format!("{location:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("db:5432/shippy"), "{shown}");
+    }
+
+    /// The codes a full disk comes with, as sqlx hands them over.
+    #[test]
+    fn full_disks_are_told_apart_from_other_failures() {
+        let sqlite =
+            |code: i32| sqlx::Error::Database(Box::new(FakeDatabaseError(code.to_string())));
+        for (code, full) in [
+            (13, true),
+            (1, false),
+            (10, false),
+            (4874, false),
+            (5, false),
+        ] {
+            let err = store_error("c1", sqlite(code));
+            assert_eq!(
+                matches!(err, ConsignmentError::DiskFull(_)),
+                full,
+                "{code}: {err:?}"
+            );
+        }
+        let status = tonic::Status::from(store_error("c1", sqlite(13)));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "the consignment store's disk is full");
+
+        let migration = sqlx::migrate::MigrateError::Execute(sqlite(13));
+        assert!(start_failed_on_full_disk(&migration));
+        assert!(!start_failed_on_full_disk(
+            &sqlx::migrate::MigrateError::Execute(sqlite(26))
+        ));
+    }
+
+    /// A database error with a given code, as SQLite's look to sqlx.
+    #[derive(Debug)]
+    struct FakeDatabaseError(String);
+
+    impl fmt::Display for FakeDatabaseError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "(code: {}) database error", self.0)
+        }
+    }
+
+    impl std::error::Error for FakeDatabaseError {}
+
+    impl sqlx::error::DatabaseError for FakeDatabaseError {
+        fn message(&self) -> &str {
+            "database error"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.as_str().into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
     }
 
     #[test]

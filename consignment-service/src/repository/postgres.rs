@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::{
-    ConsignmentRepository, Page, PageRequest, containers_to_json, row_to_consignment, store_error,
+    ConsignmentRepository, containers_to_json, row_to_consignment, start_failed_on_full_disk,
+    store_error,
 };
 use crate::domain::Consignment;
 use crate::error::ConsignmentError;
@@ -53,7 +55,13 @@ impl PostgresRepository {
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
             .await
-            .map_err(|err| anyhow!("{err}"))
+            .map_err(|err| {
+                if start_failed_on_full_disk(&err) {
+                    anyhow!("the consignment store's disk is full: {err}")
+                } else {
+                    anyhow!("{err}")
+                }
+            })
             .with_context(|| format!("cannot migrate the schema of PostgreSQL at {shown}"))?;
         Ok(Self { pool })
     }
@@ -104,23 +112,23 @@ impl ConsignmentRepository for PostgresRepository {
         Ok(consignment)
     }
 
-    async fn list(&self, page: PageRequest) -> Result<Page, ConsignmentError> {
-        // LIMIT NULL is PostgreSQL for "no limit".
-        let limit = page.limit.map(|limit| i64::from(limit) + 1);
-        let rows = sqlx::query(
+    fn scan(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> BoxStream<'_, Result<(i64, Consignment), ConsignmentError>> {
+        sqlx::query(
             "SELECT seq, id, description, weight, vessel_id, containers::text AS containers \
              FROM consignments WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
-        .bind(page.after.unwrap_or(0))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|err| store_error("", err))?;
-        let rows = rows
-            .iter()
-            .map(row_to_consignment)
-            .collect::<Result<_, _>>()?;
-        Ok(Page::from_rows(rows, page.limit))
+        .bind(after.unwrap_or(0))
+        .bind(i64::from(limit))
+        .fetch(&self.pool)
+        .map(|row| {
+            row.map_err(|err| store_error("", err))
+                .and_then(|row| row_to_consignment(&row))
+        })
+        .boxed()
     }
 }
 
@@ -149,7 +157,7 @@ mod tests {
         let server = Postgres::start().await.unwrap();
         contract::keeps_creation_order_and_every_field(&store(&server, "ordered").await).await;
         contract::refuses_a_taken_id_without_overwriting(&store(&server, "taken").await).await;
-        contract::pages_through_everything_once(&store(&server, "paged").await).await;
+        contract::scans_from_any_point_in_bounded_steps(&store(&server, "paged").await).await;
         contract::stores_concurrent_creates_once_each(Arc::new(store(&server, "parallel").await))
             .await;
     }

@@ -2,19 +2,30 @@
 //! committed and synced to disk before it is answered, so a crash (even
 //! `kill -9` or a power cut) loses nothing that was acknowledged. Creates
 //! that arrive together share one commit ([`GroupCommit`]).
+//!
+//! A full disk shows up as SQLite's FULL when a write runs out of space,
+//! but as one of its I/O errors when growing the WAL index or syncing does
+//! (code 4874 is the WAL index at open): an I/O error while the data
+//! directory's filesystem has less than [`LOW_SPACE_BYTES`] left is taken
+//! for a full disk too, and said so, at start and on each create.
 
 use std::fs;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use super::group_commit::GroupCommit;
-use super::{ConsignmentRepository, Page, PageRequest, row_to_consignment, store_error};
+use super::{
+    ConsignmentRepository, database_error_in, row_to_consignment, sqlite_code,
+    start_failed_on_full_disk, store_error,
+};
 use crate::domain::Consignment;
 use crate::error::ConsignmentError;
 
@@ -26,6 +37,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool: SQLite runs one writer at a time, but readers
 /// proceed beside it in WAL mode.
 const MAX_CONNECTIONS: u32 = 4;
+/// Free space below which an SQLite I/O error is taken for a full disk:
+/// more than the WAL index or a page needs, far less than any working store.
+const LOW_SPACE_BYTES: u64 = 1024 * 1024;
 
 /// Consignments in an SQLite file.
 #[derive(Debug, Clone)]
@@ -33,6 +47,9 @@ pub struct SqliteRepository {
     pool: SqlitePool,
     /// Every insert goes through it.
     writer: GroupCommit,
+    /// The directory holding the file, whose free space tells a full disk
+    /// from another I/O error.
+    dir: PathBuf,
 }
 
 impl SqliteRepository {
@@ -44,9 +61,13 @@ impl SqliteRepository {
 
     /// Opens (or creates) the store at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            prepare_data_dir(dir)?;
-        }
+        let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            Some(dir) => {
+                prepare_data_dir(dir)?;
+                dir.to_owned()
+            }
+            None => PathBuf::from("."),
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -54,18 +75,21 @@ impl SqliteRepository {
             // FULL syncs the WAL on every commit: an acknowledged create
             // survives a power cut, not just a crash.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // sqlx reads rows on a worker thread ahead of the stream, 50 by
+            // default: 200 MB of 4 MB consignments for one listing that
+            // then stops at the first. One row ahead bounds it.
+            .row_buffer_size(1);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
-            // sqlx's message already ends with its cause.
-            .map_err(|err| anyhow!("{err}"))
+            .map_err(|err| start_error(&dir, &err))
             .with_context(|| format!("cannot open the SQLite store {}", path.display()))?;
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
-            .map_err(|err| anyhow!("{err}"))
+            .map_err(|err| start_error(&dir, &err))
             .with_context(|| {
                 format!(
                     "cannot prepare the SQLite store {} (is it an SQLite database of this service?)",
@@ -73,25 +97,92 @@ impl SqliteRepository {
                 )
             })?;
         Ok(Self {
-            writer: GroupCommit::start(pool.clone()),
+            writer: GroupCommit::start(pool.clone(), dir.clone()),
             pool,
+            dir,
         })
     }
 }
 
+/// A failure of the store in `dir` as the caller sees it (`id`: the
+/// consignment being created, if any), with a full disk told apart from
+/// other I/O errors.
+pub(super) fn failure(dir: &Path, id: &str, err: sqlx::Error) -> ConsignmentError {
+    if io_error_on_full_disk(dir, &err) {
+        return ConsignmentError::DiskFull(format!("{err} ({})", free_space(dir)));
+    }
+    store_error(id, err)
+}
+
+/// Why the store cannot be opened, in one line; a full disk says so first.
+/// sqlx's message already ends with its cause.
+fn start_error(dir: &Path, err: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let full = start_failed_on_full_disk(err)
+        || database_error_in(err).is_some_and(|err| io_error_on_full_disk(dir, err));
+    if full {
+        anyhow!(
+            "the consignment store's disk is full ({}): {err}",
+            free_space(dir)
+        )
+    } else {
+        anyhow!("{err}")
+    }
+}
+
+/// Whether `err` is one of SQLite's I/O errors (IOERR, any extended code)
+/// while the filesystem holding `dir` is nearly out of space.
+fn io_error_on_full_disk(dir: &Path, err: &sqlx::Error) -> bool {
+    let io_error = matches!(err, sqlx::Error::Database(db)
+        if sqlite_code(db.as_ref()).is_some_and(|code| code & 0xff == 10));
+    io_error && available_bytes(dir).is_some_and(|free| free < LOW_SPACE_BYTES)
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `dir`, if it can be asked.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(dir).ok()?;
+    // Saturating only makes a (physically impossible) overflow "plenty".
+    Some(
+        stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size()),
+    )
+}
+
+/// "N bytes free in DIR", for the log and the start error.
+fn free_space(dir: &Path) -> String {
+    match available_bytes(dir) {
+        Some(free) => format!("{free} bytes free in {}", dir.display()),
+        None => format!("free space in {} unknown", dir.display()),
+    }
+}
+
 /// Creates `dir` if needed and checks that files can be created in it, so
-/// that a bad data directory is reported by name at start.
+/// that a bad data directory (or a full disk) is reported by name at start.
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dir)
+        .map_err(disk_full_first)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     if !dir.is_dir() {
         bail!("the data directory {} is not a directory", dir.display());
     }
     let probe = dir.join(".shippy-write-test");
     fs::write(&probe, b"")
+        .map_err(disk_full_first)
         .with_context(|| format!("the data directory {} is not writable", dir.display()))?;
     let _ = fs::remove_file(&probe);
     Ok(())
+}
+
+/// `err`, led by "the consignment store's disk is full" when it is ENOSPC
+/// or EDQUOT.
+fn disk_full_first(err: io::Error) -> anyhow::Error {
+    match err.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            anyhow!("the consignment store's disk is full: {err}")
+        }
+        _ => anyhow!(err),
+    }
 }
 
 #[async_trait]
@@ -100,29 +191,31 @@ impl ConsignmentRepository for SqliteRepository {
         self.writer.create(consignment).await
     }
 
-    async fn list(&self, page: PageRequest) -> Result<Page, ConsignmentError> {
-        // LIMIT -1 is SQLite for "no limit".
-        let limit = page.limit.map_or(-1, |limit| i64::from(limit) + 1);
-        let rows = sqlx::query(
+    fn scan(
+        &self,
+        after: Option<i64>,
+        limit: u32,
+    ) -> BoxStream<'_, Result<(i64, Consignment), ConsignmentError>> {
+        sqlx::query(
             "SELECT seq, id, description, weight, vessel_id, containers FROM consignments \
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )
-        .bind(page.after.unwrap_or(0))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|err| store_error("", err))?;
-        let rows = rows
-            .iter()
-            .map(row_to_consignment)
-            .collect::<Result<_, _>>()?;
-        Ok(Page::from_rows(rows, page.limit))
+        .bind(after.unwrap_or(0))
+        .bind(i64::from(limit))
+        .fetch(&self.pool)
+        .map(|row| {
+            row.map_err(|err| failure(&self.dir, "", err))
+                .and_then(|row| row_to_consignment(&row))
+        })
+        .boxed()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use futures::TryStreamExt;
 
     use super::*;
     use crate::repository::contract;
@@ -146,9 +239,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pages_through_everything_once() {
+    async fn scans_from_any_point_in_bounded_steps() {
         let (_dir, store) = store().await;
-        contract::pages_through_everything_once(&store).await;
+        contract::scans_from_any_point_in_bounded_steps(&store).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,8 +269,7 @@ mod tests {
         drop(store);
 
         let again = SqliteRepository::open_in(dir.path()).await.unwrap();
-        let all = again.list(PageRequest::default()).await.unwrap();
-        assert_eq!(all.consignments, [contract::consignment("kept")]);
+        assert_eq!(contract::all(&again).await, [contract::consignment("kept")]);
     }
 
     #[tokio::test]
@@ -191,7 +283,11 @@ mod tests {
         .execute(&store.pool)
         .await
         .unwrap();
-        let err = store.list(PageRequest::default()).await.unwrap_err();
+        let err = store
+            .scan(None, 10)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
         assert!(matches!(err, ConsignmentError::Internal(_)), "{err:?}");
         let message = format!("{err:#}");
         assert!(
@@ -219,8 +315,8 @@ mod tests {
             matches!(&answers[2], Err(ConsignmentError::AlreadyExists(id)) if id == "a"),
             "{answers:?}"
         );
-        let all = store.list(PageRequest::default()).await.unwrap();
-        let ids: Vec<_> = all.consignments.iter().map(|c| c.id.as_str()).collect();
+        let all = contract::all(&store).await;
+        let ids: Vec<_> = all.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
     }
 
@@ -241,8 +337,7 @@ mod tests {
                 "{answers:?}"
             );
         }
-        let all = store.list(PageRequest::default()).await.unwrap();
-        assert_eq!(all.consignments, []);
+        assert_eq!(contract::all(&store).await, []);
         // The writer goes on with the next batch.
         store.create(contract::consignment("z")).await.unwrap();
     }
