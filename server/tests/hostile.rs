@@ -413,11 +413,7 @@ async fn silent_connections_at_the_open_files_limit_do_not_lock_out_a_real_clien
     let service = Service::registered(&registry, process, dir).await;
     let (soft, hard) = attack::open_files_limit(service.process.pid()).unwrap();
     assert_eq!((soft, hard), (1024, 1024), "the soft limit was not raised");
-    assert!(
-        service.log().contains("max_connections=896"),
-        "{}",
-        service.log()
-    );
+    service.wait_for_log("max_connections=896", DEADLINE).await;
 
     let mut silent = Vec::with_capacity(SILENT);
     for _ in 0..SILENT {
