@@ -319,26 +319,10 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::io;
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::*;
-
-    /// Log output collected in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::captured_log::Captured;
 
     /// A handler that answers OK at once for `/t.S/Fast` and never for anything else.
     async fn handler(
@@ -389,7 +373,7 @@ mod tests {
                 let _ = tokio::time::timeout(Duration::from_millis(1), gone).await;
             });
         });
-        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let logs = captured.text();
         let lines: Vec<_> = logs.lines().collect();
         assert_eq!(lines.len(), 3, "{logs}");
         assert!(
@@ -458,7 +442,7 @@ mod tests {
                 drop(service.call(request).await.unwrap());
             });
         });
-        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let logs = captured.text();
         assert!(logs.contains(" INFO "), "{logs}");
         assert!(logs.contains("method=t.S/Gone status=CANCELLED"), "{logs}");
     }

@@ -20,6 +20,8 @@
 
 pub mod call_guard;
 pub mod call_log;
+#[cfg(test)]
+mod captured_log;
 pub mod config;
 pub mod connection;
 pub mod health;

@@ -110,27 +110,10 @@ fn needs_escape(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
     use tracing::{info, info_span};
 
     use super::*;
-
-    /// Log output captured in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::captured_log::Captured;
 
     /// What the text format writes for one event, logged inside a span
     /// the way a served call is.
@@ -154,8 +137,7 @@ mod tests {
                 "line\u{2028}break"
             );
         });
-        let bytes = captured.0.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
+        captured.text()
     }
 
     #[test]
